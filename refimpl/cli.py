@@ -1,0 +1,84 @@
+"""The ``python -m refimpl`` command line: one sub-command per paper, one-line errors.
+
+Each paper module that has a command line defines ``add_commands(subparsers)``; it is
+named in :data:`PAPERS` and imported only when its command runs. Every user error
+(bad option, bad value, missing or wrong checkpoint, missing device) is printed as a
+single ``refimpl: error: ...`` line with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from refimpl.core import PRESETS, LineageError
+
+#: paper command -> module that implements it (imported lazily)
+PAPERS: dict[str, str] = {
+    "ddpm": "refimpl.ddpm",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors become LineageError instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise LineageError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every command takes."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_preset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=PRESETS, default="quick",
+                        help="quick: CPU, seconds to a minute; full: GPU-sized (default quick)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="refimpl", description="Lineage reference implementations: python -m refimpl PAPER COMMAND ...")
+    papers = parser.add_subparsers(dest="paper", metavar="PAPER", parser_class=_Parser)
+    papers.required = True
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module in PAPERS.items():
+        sub = papers.add_parser(name, help=f"{name} commands")
+        if wanted == name:
+            commands = sub.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+            commands.required = True
+            importlib.import_module(module).add_commands(commands)
+    try:
+        args = parser.parse_args(argv)
+        run: Callable[[argparse.Namespace], int | None] = args.run
+        return int(run(args) or 0)
+    except LineageError as err:
+        print(f"refimpl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("refimpl: interrupted (the last checkpoint is intact; rerun to resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,64 @@
+"""Shared plumbing: user-facing errors, device choice, seeding, progress bars."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+PRESETS = ("quick", "full")
+
+
+class LineageError(Exception):
+    """An error caused by the user's input; the CLI prints it as one line and exits 2."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """CUDA if available, else MPS, else CPU; ``name`` ("cpu", "cuda", "cuda:1", "mps") overrides."""
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LineageError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LineageError(f"device {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LineageError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise LineageError(f"device {name!r} requested but MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise LineageError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (safe for these small convnets/MLPs); a no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str | None = None,
+             disable: bool = False) -> Iterator[T]:
+    """A tqdm progress bar; silenced by ``disable`` or by LINEAGE_NO_PROGRESS=1 (tests, figure builds)."""
+    disable = disable or os.environ.get("LINEAGE_NO_PROGRESS") == "1"
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False)
