@@ -106,10 +106,11 @@ def load(directory: str | os.PathLike, *, expect_model: str | None = None) -> Ch
             raise ValueError("unknown format")
         weights = cfg_path.parent / meta["weights"]
         step = int(meta["step"])
+        model = str(meta["model"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise LineageError(f"corrupt checkpoint: {cfg_path} is not a Lineage checkpoint config") from None
-    if expect_model is not None and meta["model"] != expect_model:
-        raise LineageError(f"checkpoint {directory} holds a {meta['model']!r} model, not {expect_model!r}")
+    if expect_model is not None and model != expect_model:
+        raise LineageError(f"checkpoint {directory} holds a {model!r} model, not {expect_model!r}")
     if not weights.is_file():
         raise LineageError(f"corrupt checkpoint: weights file {weights.name} is missing in {directory}")
     if _sha256(weights) != meta.get("sha256"):
@@ -123,7 +124,7 @@ def load(directory: str | os.PathLike, *, expect_model: str | None = None) -> Ch
         prefix, _, name = key.partition(".")
         if prefix in groups:
             groups[prefix][name] = value
-    return Checkpoint(model=meta["model"], config=meta.get("config", {}), step=step,
+    return Checkpoint(model=model, config=meta.get("config", {}), step=step,
                       model_state=groups["model"], optimizer_state=groups["optimizer"],
                       rng_state=groups["rng"], extra=meta.get("extra", {}))
 

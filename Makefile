@@ -1,0 +1,40 @@
+# Lineage: `make serve` builds the site with every figure and serves it;
+# `make test` runs the whole test suite (including a strict site build from a clean cache).
+# Both create or reuse the virtual environment in .venv and install what they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+# The torch wheel to install when the venv has none. On a GPU machine, `make TORCH=torch ...`
+# (or any torch>=2.4 you install yourself into .venv first) is used as is.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: all setup serve build figures test clean
+
+all: build
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[test]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(BIN)/mkdocs serve
+
+build: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict
+
+figures: $(VENV)/.installed
+	$(BIN)/python -m figures build
+
+# A fresh figure/model cache for every run, so the site build inside the tests starts clean.
+test: $(VENV)/.installed
+	rm -rf .cache/test
+	LINEAGE_CACHE=$(CURDIR)/.cache/test $(BIN)/python -m pytest -n 2 --durations=15
+
+clean:
+	rm -rf site .cache runs

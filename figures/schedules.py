@@ -1,0 +1,29 @@
+"""alpha_bar and log-SNR of the linear (DDPM) and cosine (improved DDPM) schedules against t."""
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from figures.plotting import save
+from refimpl.schedules import make_schedule
+
+PAGE = "diffusion/ddpm.md"
+OUTPUTS = ("schedules.svg",)
+
+
+def make(out: Path, preset: str) -> None:
+    T = 1000
+    fig, (ax_bar, ax_snr) = plt.subplots(1, 2, figsize=(9, 3.4))
+    t = torch.arange(1, T + 1)
+    for name, color in (("linear", "C0"), ("cosine", "C1")):
+        schedule = make_schedule(name, T)
+        ax_bar.plot(t, schedule.alpha_bar, color=color, label=name)
+        ax_snr.plot(t, torch.log(schedule.snr), color=color, label=name)
+    ax_bar.set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$")
+    ax_snr.set(xlabel="t", ylabel=r"$\log \mathrm{SNR}(t)$", title=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$")
+    for ax in (ax_bar, ax_snr):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, out / "schedules.svg")

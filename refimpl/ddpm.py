@@ -1,0 +1,136 @@
+"""DDPM: Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models" (2020), arXiv 2006.11239.
+
+The forward process adds Gaussian noise in T small steps, q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1},
+beta_t I) (Eq. 2), so that x_t can be drawn from x_0 in one shot (Eq. 4). The reverse process is
+learned: a network eps_theta(x_t, t) predicts the noise, which gives the reverse-step mean (Eq. 11)
+through the Gaussian posterior q(x_{t-1} | x_t, x_0) (Eqs. 6-7). Training minimises the simplified
+objective L_simple (Eq. 14, Algorithm 1); sampling runs the learned chain from x_T ~ N(0, I)
+(Algorithm 2), with sigma_t^2 = beta_t or beta_tilde_t.
+
+Timesteps in code are 0-indexed like diffusers: code ``t`` in ``0..T-1`` is the paper's ``t + 1``.
+So ``schedule.alpha_bar[t]`` is the paper's alpha_bar_{t+1}, ``schedule.alpha_bar_prev[t]`` is
+alpha_bar_t, and the last sampling step, which adds no noise (paper t = 1), is code ``t == 0``.
+A model is any callable ``model(x_t, t) -> eps`` with ``t`` an int64 tensor of shape (B,).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from refimpl.core import LineageError, progress
+from refimpl.schedules import Schedule, gather
+
+VARIANCES = ("fixed_small", "fixed_large")
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --8<-- [start:q_sample]
+def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """DDPM Eq. (4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a draw from q(x_t | x_0)."""
+    alpha_bar = gather(schedule.alpha_bar, t, x0)
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+# --8<-- [end:q_sample]
+
+
+# --8<-- [start:posterior]
+def posterior(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule):
+    """DDPM Eqs. (6)-(7): q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) with
+    mu_tilde = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+             + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t.
+    Returns (mean, variance); the variance is shaped to broadcast against x_t."""
+    beta = gather(schedule.betas, t, x_t)
+    alpha = gather(schedule.alphas, t, x_t)
+    alpha_bar = gather(schedule.alpha_bar, t, x_t)
+    alpha_bar_prev = gather(schedule.alpha_bar_prev, t, x_t)
+    mean = (alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)) * x0 \
+        + (alpha.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)) * x_t
+    variance = gather(schedule.beta_tilde, t, x_t)
+    return mean, variance
+# --8<-- [end:posterior]
+
+
+# --8<-- [start:predict_x0]
+def predict_x0(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """DDPM Eq. (15), Eq. (4) solved for x_0: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    alpha_bar = gather(schedule.alpha_bar, t, x_t)
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+# --8<-- [end:predict_x0]
+
+
+# --8<-- [start:loss_simple]
+def loss_simple(model: Model, x0: torch.Tensor, schedule: Schedule,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM Algorithm 1 / Eq. (14): L_simple = E_{t, x_0, eps} || eps - eps_theta(x_t, t) ||^2 with
+    t uniform over the T steps and eps ~ N(0, I). ``generator`` draws t and eps (reproducible
+    training); both are then moved to x0's device. Returns the mean over all elements (Eq. 14 up
+    to the constant factor of the data dimension)."""
+    device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=device).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    x_t = q_sample(x0, t, eps, schedule)
+    return F.mse_loss(model(x_t, t), eps)
+# --8<-- [end:loss_simple]
+
+
+# --8<-- [start:ddpm_step]
+def reverse_variance(t: int, schedule: Schedule, variance: str = "fixed_small") -> torch.Tensor:
+    """DDPM Sec. 3.2: sigma_t^2 = beta_tilde_t ("fixed_small", Eq. 7) or beta_t ("fixed_large")."""
+    if variance == "fixed_small":
+        return schedule.beta_tilde[t]
+    if variance == "fixed_large":
+        return schedule.betas[t]
+    raise LineageError(f"unknown variance {variance!r} (choose from {', '.join(VARIANCES)})")
+
+
+def reverse_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule,
+                 noise: torch.Tensor | None, variance: str = "fixed_small") -> torch.Tensor:
+    """DDPM Algorithm 2, line 4, given the predicted noise eps:
+    x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sigma_t z   (Eq. 11 mean),
+    with z = ``noise``, and no noise at the last step (code t == 0, the paper's t = 1)."""
+    sigma2 = reverse_variance(t, schedule, variance)
+    beta, alpha, alpha_bar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bar[t]
+    mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+    if t == 0:
+        return mean
+    return mean + sigma2.sqrt() * noise
+
+
+def ddpm_step(model: Model, x_t: torch.Tensor, t: int, schedule: Schedule,
+              noise: torch.Tensor | None, variance: str = "fixed_small") -> torch.Tensor:
+    """DDPM Algorithm 2, line 4: one reverse step x_t -> x_{t-1} with eps = model(x_t, t)."""
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    return reverse_step(x_t, t, model(x_t, t_batch), schedule, noise, variance)
+# --8<-- [end:ddpm_step]
+
+
+# --8<-- [start:ddpm_sample]
+@torch.no_grad()
+def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance: str = "fixed_small",
+                generator: torch.Generator | None = None, callback=None, disable: bool = False) -> torch.Tensor:
+    """DDPM Algorithm 2: ancestral sampling from x_T through all T reverse steps to x_0.
+
+    The noise z for each step with t > 0 is drawn from ``generator`` (on its own device, then
+    moved to x_T's device) in x_T's dtype, one draw of x_T's shape per step, the order in which
+    diffusers' DDPMScheduler.step draws it. ``callback(t, x, x0_pred)`` is called after each
+    step with the new sample and the x_0 predicted at step t (Eq. 15).
+    """
+    reverse_variance(0, schedule, variance)  # reject a bad name before the first model call
+    schedule = schedule.to(x_T.device)
+    x = x_T
+    for t in progress(range(schedule.T - 1, -1, -1), total=schedule.T, desc="DDPM", disable=disable):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = model(x, t_batch)
+        noise = None
+        if t > 0:
+            noise_device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
+        x_prev = reverse_step(x, t, eps, schedule, noise, variance)
+        if callback is not None:
+            callback(t, x_prev, predict_x0(x, t_batch, eps, schedule))
+        x = x_prev
+    return x
+# --8<-- [end:ddpm_sample]

@@ -1,0 +1,197 @@
+"""Noise-prediction networks: the sinusoidal time embedding, an MLP for 2-D toys, a small U-Net for 8x8 digits.
+
+Both networks are ``model(x_t, t) -> eps`` with the output shaped like ``x_t``. Both take
+an optional ``cond_emb`` (shape ``(B, model.emb_dim)``) that is added to the time
+embedding, so a later paper (class guidance, CFG) can condition them without a new class.
+:func:`model_config` / :func:`model_from_config` turn a model into JSON and back, which is
+how a checkpoint rebuilds its network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refimpl.core import LineageError
+
+
+# --8<-- [start:timestep_embedding]
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (int or float) timesteps ``t`` of shape ``(B,)`` -> ``(B, dim)``.
+
+    Transformer positional encoding (Vaswani et al. 2017, Sec. 3.5), used for t by DDPM
+    (Ho et al. 2020, Appendix B), laid out like DDPM's code: ``[sin(t w_i), cos(t w_i)]``
+    with ``w_i = max_period^(-i / (dim/2 - 1))``. Continuous t in [0, 1] should be scaled
+    up (e.g. by 1000) first, or all its embeddings look alike.
+    """
+    t = torch.as_tensor(t).reshape(-1).float()
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1)
+    freqs = torch.exp(-math.log(max_period) * exponent)
+    args = t[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))  # odd dim: one zero column
+# --8<-- [end:timestep_embedding]
+
+
+def _batch_t(t, x: torch.Tensor) -> torch.Tensor:
+    """Accept t as a python number, a 0-d tensor or a (B,) tensor; return (B,) on x's device."""
+    t = torch.as_tensor(t, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+class MLPDenoiser(nn.Module):
+    """eps_theta(x_t, t) for low-dimensional data: ``depth`` SiLU layers, time features added to each."""
+
+    def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 32):
+        super().__init__()
+        self.config = dict(data_dim=data_dim, hidden=hidden, depth=depth, time_dim=time_dim)
+        self.time_dim, self.emb_dim = time_dim, hidden
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(data_dim, hidden)
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, data_dim)
+
+    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.time_dim))
+        if cond_emb is not None:
+            emb = emb + cond_emb
+        emb = F.silu(emb)
+        h = self.inp(x)
+        for layer, proj in zip(self.layers, self.time_proj):
+            h = layer(F.silu(h)) + proj(emb)
+        return self.out(F.silu(h))
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+
+
+class ResBlock(nn.Module):
+    """DDPM residual block: GroupNorm, SiLU, 3x3 conv, + per-channel shift from the embedding, again, skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the pixels, with a residual connection (DDPM's attention block)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, hgt * wid).unbind(1)
+        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(c), dim=-1)
+        h = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, hgt, wid)
+        return x + self.proj(h)
+
+
+class UNet(nn.Module):
+    """A small DDPM-style U-Net (Ho et al. 2020, Sec. 4 / Appendix B) for 8x8 images.
+
+    One ResBlock per resolution; a 2x downsample between levels (8 -> 4 with the default
+    ``channel_mults=(1, 2)``); in the middle ResBlock, self-attention (if ``attention``),
+    ResBlock; the way up concatenates the skips. The last conv is zero-initialised, so
+    the untrained network predicts eps = 0 exactly.
+    """
+
+    def __init__(self, in_channels: int = 1, base: int = 32, channel_mults=(1, 2), time_dim: int = 128,
+                 attention: bool = True):
+        super().__init__()
+        mults = [int(m) for m in channel_mults]
+        self.config = dict(in_channels=in_channels, base=base, channel_mults=mults, time_dim=time_dim,
+                           attention=attention)
+        self.base, self.emb_dim = base, time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        chans = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = base
+        for i, c_out in enumerate(chans):
+            self.down.append(ResBlock(c, c_out, time_dim))
+            c = c_out
+            if i < len(chans) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid1 = ResBlock(c, c, time_dim)
+        self.mid_attn = SelfAttention(c) if attention else nn.Identity()
+        self.mid2 = ResBlock(c, c, time_dim)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(len(chans))):
+            self.up.append(ResBlock(c + chans[i], chans[i], time_dim))
+            c = chans[i]
+            if i > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm_out = _norm(c)
+        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.base))
+        if cond_emb is not None:
+            emb = emb + cond_emb
+        h = self.conv_in(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+#: model kind (as written in a checkpoint's config) -> class
+MODEL_KINDS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiser, "unet": UNet}
+
+
+def build_model(kind: str, **kwargs: Any) -> nn.Module:
+    """Construct a model of ``kind`` ("mlp" or "unet") with constructor ``kwargs``."""
+    if kind not in MODEL_KINDS:
+        raise LineageError(f"unknown model kind {kind!r} (choose from {', '.join(MODEL_KINDS)})")
+    try:
+        return MODEL_KINDS[kind](**kwargs)
+    except TypeError as err:
+        raise LineageError(f"bad arguments for a {kind!r} model: {err}") from None
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """JSON description ``{"kind": ..., **constructor arguments}`` of a model built here."""
+    for kind, cls in MODEL_KINDS.items():
+        if type(model) is cls:
+            return {"kind": kind, **model.config}
+    raise TypeError(f"{type(model).__name__} is not one of refimpl.nets.MODEL_KINDS")
+
+
+def model_from_config(cfg: dict[str, Any]) -> nn.Module:
+    """Inverse of :func:`model_config` (fresh weights; load a state dict into it)."""
+    if not isinstance(cfg, dict) or "kind" not in cfg:
+        raise LineageError(f"not a model config (no 'kind'): {cfg!r}")
+    kwargs = {k: v for k, v in cfg.items() if k != "kind"}
+    return build_model(cfg["kind"], **kwargs)
