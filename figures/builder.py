@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGES = ("refimpl", "figures")
 PRESETS = ("quick", "full")  # mirrors refimpl.core.PRESETS (not imported: it pulls in torch)
 VERSIONED = ("torch", "diffusers", "matplotlib", "numpy")
-LIBRARY_MODULES = frozenset({"builder", "hook", "registry", "plotting", "models", "__init__", "__main__"})
+LIBRARY_MODULES = frozenset({"builder", "hook", "registry", "models", "__init__", "__main__"})
 MANIFEST = ".manifest.json"
 KEY_FORMAT = "lineage-figure-key/1"
 

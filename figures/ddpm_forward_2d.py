@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from figures.plotting import save
+from refimpl.plots import save, scatter_2d, subplots
 from refimpl.data import toy_2d
 from refimpl.ddpm import q_sample
 from refimpl.schedules import make_schedule
@@ -20,11 +19,9 @@ def make(out: Path, preset: str) -> None:
     schedule = make_schedule("linear", 1000)
     x0 = toy_2d("swissroll", 2000, generator)
     eps = torch.randn(x0.shape, generator=generator)
-    fig, axes = plt.subplots(1, len(STEPS), figsize=(2.2 * len(STEPS), 2.4), sharex=True, sharey=True)
+    fig, axes = subplots(1, len(STEPS), figsize=(2.2 * len(STEPS), 2.4), sharex=True, sharey=True)
     for ax, t in zip(axes, STEPS):
         x_t = q_sample(x0, torch.full((len(x0),), t), eps, schedule)
-        ax.scatter(x_t[:, 0], x_t[:, 1], s=1, alpha=0.5, color="C0")
-        ax.set_title(rf"$t={t + 1}$, $\bar\alpha_t={schedule.alpha_bar[t]:.3f}$", fontsize=9)
-        ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", xticks=[], yticks=[])
+        scatter_2d(x_t, ax=ax, title=rf"$t={t + 1}$, $\bar\alpha_t={schedule.alpha_bar[t]:.3f}$")
     fig.tight_layout()
     save(fig, out / "ddpm_forward_2d.svg")

@@ -5,7 +5,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from figures.plotting import image_grid, save
+from refimpl.plots import image_grid, save
 from refimpl.data import digits
 from refimpl.ddpm import q_sample
 from refimpl.schedules import make_schedule

@@ -15,6 +15,8 @@ The last two exist so tests can point the hook at a small fake project.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,3 +62,56 @@ def on_files(files, config):
             files.remove(existing)
         files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
+
+
+# --- pages: registry content and generated tables ------------------------------------
+#
+# The Markdown itself comes from figures.registry (generator-independent); the hook only
+# places it: the paper card after the H1 of a page whose front matter says `paper: <id>`,
+# the bibliography at `<!-- lineage:bibliography -->`, and a generated Markdown output of a
+# figure script at `<!-- lineage:include NAME.md -->`.
+
+_INCLUDE = re.compile(r"^<!-- lineage:include (\S+) -->$", re.MULTILINE)
+_BIBLIOGRAPHY = "<!-- lineage:bibliography -->"
+_H1 = re.compile(r"^# .+$", re.MULTILINE)
+
+
+def on_page_markdown(markdown, page, config, files):
+    from figures import registry
+
+    paper_id = page.meta.get("paper")
+    try:
+        if paper_id:
+            heading = _H1.search(markdown)
+            if heading is None:
+                raise PluginError(f"{page.file.src_uri}: a paper page needs a '# title' line for its card")
+            card = registry.paper_card(paper_id, page.file.src_uri)
+            markdown = f"{markdown[:heading.end()]}\n\n{card}\n{markdown[heading.end():]}"
+        if _BIBLIOGRAPHY in markdown:
+            markdown = markdown.replace(_BIBLIOGRAPHY, registry.bibliography(page_path=page.file.src_uri))
+    except registry.RegistryError as err:
+        raise PluginError(f"{page.file.src_uri}: {err}") from None
+    return _INCLUDE.sub(lambda m: figure_output(m.group(1)).read_text(encoding="utf-8"), markdown)
+
+
+# --- MathJax, served from the site itself ----------------------------------------------
+
+#: the parts of MathJax 3 the pages load: the tex-chtml component, its fonts, TeX
+#: extensions (for \require and preloading), the menu and the assistive MathML.
+_MATHJAX_PARTS = ("tex-chtml.js", "output/chtml", "input/tex/extensions", "ui", "a11y")
+
+
+def on_post_build(config):
+    try:
+        import mathjax  # the django-static-mathjax package: MathJax 3.2.2, assets only
+    except ImportError:
+        raise PluginError("MathJax is missing: install the docs extra (pip install -e '.[docs]')") from None
+    source = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    target = Path(config["site_dir"]) / "assets" / "mathjax"
+    for part in _MATHJAX_PARTS:
+        src, dst = source / part, target / part
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)

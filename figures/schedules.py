@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from figures.plotting import save
+from refimpl.plots import save, subplots
 from refimpl.schedules import make_schedule
 
 PAGE = "diffusion/ddpm.md"
@@ -14,7 +13,7 @@ OUTPUTS = ("schedules.svg",)
 
 def make(out: Path, preset: str) -> None:
     T = 1000
-    fig, (ax_bar, ax_snr) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_bar, ax_snr) = subplots(1, 2, figsize=(9, 3.4))
     t = torch.arange(1, T + 1)
     for name, color in (("linear", "C0"), ("cosine", "C1")):
         schedule = make_schedule(name, T)

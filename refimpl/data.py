@@ -107,7 +107,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def sampler(name: str, generator: torch.Generator | None = None, *,
             labels: bool = False) -> Callable[[int], torch.Tensor]:
-    """A function ``batch(batch_size)`` drawing training batches (on CPU) from ``generator``.
+    """A function ``batch(batch_size, generator=generator)`` drawing training batches (on CPU).
 
     Toys draw fresh samples; ``digits`` draws indices uniformly with replacement. With
     ``labels=True`` (digits only) ``batch`` returns ``(images, labels)``.
@@ -119,10 +119,10 @@ def sampler(name: str, generator: torch.Generator | None = None, *,
     if name == "digits":
         images, targets = digits()
 
-        def batch(batch_size: int):
+        def batch(batch_size: int, generator: torch.Generator | None = generator):
             index = torch.randint(0, images.shape[0], (_positive(batch_size, "batch size"),), generator=generator)
             return (images[index], targets[index]) if labels else images[index]
     else:
-        def batch(batch_size: int):
+        def batch(batch_size: int, generator: torch.Generator | None = generator):
             return toy_2d(name, _positive(batch_size, "batch size"), generator)
     return batch

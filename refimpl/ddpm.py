@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from refimpl.core import LineageError, progress
-from refimpl.schedules import Schedule, gather
+from refimpl.schedules import Schedule, gather, make_schedule
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -134,3 +134,130 @@ def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance
         x = x_prev
     return x
 # --8<-- [end:ddpm_sample]
+
+
+# --- training and command line ------------------------------------------------------
+
+#: sizes per preset and data kind; a preset changes sizes, never the algorithm (T = 1000, linear betas)
+PRESETS = {
+    "quick": {
+        "toy": {"steps": 3000, "batch_size": 256, "lr": 2e-3, "model": {"kind": "mlp", "hidden": 128, "depth": 3}},
+        "digits": {"steps": 2000, "batch_size": 64, "lr": 2e-3, "model": {"kind": "unet", "base": 32}},
+    },
+    "full": {
+        "toy": {"steps": 30000, "batch_size": 1024, "lr": 1e-3, "model": {"kind": "mlp", "hidden": 512, "depth": 4}},
+        "digits": {"steps": 60000, "batch_size": 256, "lr": 2e-4, "model": {"kind": "unet", "base": 64}},
+    },
+}
+
+
+def train_config(data: str, preset: str = "quick", *, steps: int | None = None, seed: int = 0,
+                 schedule: str = "linear") -> dict:
+    """The JSON config of a DDPM run: data, schedule, model and optimisation sizes of ``preset``."""
+    from refimpl.data import DATASETS, TOY_2D
+    from refimpl.nets import build_model, model_config
+
+    if data not in DATASETS:
+        raise LineageError(f"unknown dataset {data!r} (choose from {', '.join(DATASETS)})")
+    if preset not in PRESETS:
+        raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    sizes = PRESETS[preset]["toy" if data in TOY_2D else "digits"]
+    model = model_config(build_model(**sizes["model"], **({"data_dim": 2} if data in TOY_2D else {"in_channels": 1})))
+    return {"data": data, "schedule": schedule, "T": 1000, "model": model, "seed": seed,
+            "steps": steps or sizes["steps"], "batch_size": sizes["batch_size"], "lr": sizes["lr"]}
+
+
+# --8<-- [start:train]
+def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True):
+    """Algorithm 1: repeat { x_0 ~ data, t ~ U{1..T}, eps ~ N(0, I), step on L_simple }.
+
+    ``config`` comes from :func:`train_config`; ``out`` is the checkpoint directory (resumed if
+    it holds a run with the same config). Returns (model, loss history)."""
+    from refimpl.data import sampler
+    from refimpl.nets import model_from_config
+    from refimpl.training import fit
+
+    schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
+    model = model_from_config(config["model"])
+    batch = sampler(config["data"])
+
+    def loss_fn(model, generator):
+        x0 = batch(config["batch_size"], generator).to(schedule.device)
+        return loss_simple(model, x0, schedule, generator)
+
+    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="ddpm",
+                  config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
+                  resume=resume, progress=progress)
+    return model, history
+# --8<-- [end:train]
+
+
+def sample_from_checkpoint(ckpt, n: int, *, variance: str = "fixed_small", seed: int = 0, device=None,
+                           callback=None, disable: bool = False) -> torch.Tensor:
+    """Load a DDPM checkpoint and draw ``n`` samples with Algorithm 2 (on CPU unless ``device``)."""
+    from refimpl.training import load_model
+
+    model, checkpoint = load_model(ckpt, "ddpm")
+    device = torch.device(device or "cpu")
+    model = model.to(device)
+    schedule = make_schedule(checkpoint.config["schedule"], checkpoint.config["T"]).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n, 2) if checkpoint.config["model"]["kind"] == "mlp" else (n, 1, 8, 8)
+    x_T = torch.randn(shape, generator=generator).to(device)
+    return ddpm_sample(model, x_T, schedule, variance=variance, generator=generator,
+                       callback=callback, disable=disable)
+
+
+def add_commands(commands) -> None:
+    """``python -m refimpl ddpm train|sample``."""
+    from refimpl.cli import add_common, add_preset, positive_int
+    from refimpl.data import DATASETS
+
+    train_cmd = commands.add_parser("train", help="train a DDPM (Algorithm 1); reruns resume")
+    train_cmd.add_argument("--data", choices=DATASETS, default="swissroll")
+    add_preset(train_cmd)
+    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
+    train_cmd.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
+                           help="beta schedule (DDPM: linear)")
+    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
+    add_common(train_cmd)
+    train_cmd.set_defaults(run=_run_train)
+
+    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM (Algorithm 2) into a PNG")
+    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
+    sample_cmd.add_argument("--variance", choices=VARIANCES, default="fixed_small",
+                            help="sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large)")
+    sample_cmd.add_argument("--out", required=True, help="output picture (.png)")
+    add_common(sample_cmd)
+    sample_cmd.set_defaults(run=_run_sample)
+
+
+def _run_train(args) -> int:
+    from refimpl.core import pick_device
+
+    device = pick_device(args.device)
+    config = train_config(args.data, args.preset, steps=args.steps, seed=args.seed, schedule=args.schedule)
+    _, history = train(config, args.out, device=device, progress=not args.quiet)
+    last = f", final loss {history[-1][1]:.4f}" if history else ""
+    print(f"trained ddpm on {args.data} for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
+    return 0
+
+
+def _run_sample(args) -> int:
+    from pathlib import Path
+
+    from refimpl.core import pick_device
+    from refimpl.plots import save_samples
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise LineageError(f"--out must be a .png file, got {args.out!r}")
+    if not out.parent.is_dir():
+        raise LineageError(f"output directory does not exist: {out.parent}")
+    device = pick_device(args.device)
+    x0 = sample_from_checkpoint(args.ckpt, args.n, variance=args.variance, seed=args.seed,
+                                device=device, disable=args.quiet)
+    save_samples(x0.cpu(), out)
+    print(f"wrote {args.n} samples to {out}")
+    return 0

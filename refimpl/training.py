@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -135,6 +136,7 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
         checkpoint.restore_optimizer(optimizer, ckpt.optimizer_state, ckpt.extra["optimizer"])
         generator.set_state(ckpt.rng_state["generator"])
         window = [float(v) for v in ckpt.extra.get("window", [])]
+        print(f"resuming from the checkpoint in {out} at step {step}", file=sys.stderr)
 
     saved_step = step
 

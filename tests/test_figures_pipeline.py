@@ -1,7 +1,7 @@
 """The figure pipeline (figures.builder, CLI, plotting.save, mkdocs hook) on a tiny fake project.
 
 The fake project lives in tmp_path: a package ``pkg`` (a, b, c; c imports a) and figure
-scripts in ``figures/`` (no ``__init__.py``, so ``import figures.plotting`` still finds
+scripts in ``figures/`` (no ``__init__.py``, so ``import refimpl.plots`` still finds
 the real package). Scripts append their name to ``ran.log`` so tests see what ran.
 """
 
@@ -241,7 +241,7 @@ def test_killed_build_leaves_a_trustworthy_cache(fake: Path, tmp_path: Path):
 def test_matplotlib_outputs_are_byte_identical(fake: Path, tmp_path: Path):
     figure(fake, "fig_plot", ("plot.svg", "grid.png"), '''\
         import numpy as np
-        from figures.plotting import save, subplots
+        from refimpl.plots import save, subplots
         fig, ax = subplots(figsize=(3, 2))
         x = np.linspace(0, 3, 50)
         ax.plot(x, np.sin(x), label="sin")

@@ -1,7 +1,7 @@
-"""Shared matplotlib style and deterministic saving for figure scripts.
+"""Plots shared by the command line and the figure scripts, saved deterministically.
 
 ``save(fig, path)`` writes SVG/PNG/PDF without timestamps or version strings and with a
-fixed SVG id salt, so two builds of the same script give the same bytes.
+fixed SVG id salt, so two builds of the same figure give the same bytes.
 """
 
 from __future__ import annotations
@@ -97,3 +97,28 @@ def save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def scatter_2d(points, *, ax=None, s: float = 1.0, color: str = "C0", lim: float = 3.5, title: str | None = None):
+    """Scatter 2-D points on square axes of half-width ``lim`` (rasterised: SVGs stay small)."""
+    if ax is None:
+        _, ax = subplots(figsize=(4, 4))
+    points = points.detach().cpu().numpy() if hasattr(points, "detach") else np.asarray(points)
+    ax.scatter(points[:, 0], points[:, 1], s=s, alpha=0.5, color=color, rasterized=True, linewidths=0)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def save_samples(samples, path: str | Path) -> Path:
+    """Write samples to a picture: a scatter plot for (N, 2) points, a grid for (N, C, H, W) images."""
+    if samples.ndim == 2:
+        ax = scatter_2d(samples)
+        return save(ax.figure, path)
+    n = samples.shape[0]
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    padded = np.full((rows * cols, *samples.shape[1:]), -1.0)
+    padded[:n] = samples.detach().cpu().numpy() if hasattr(samples, "detach") else samples
+    return save(image_grid(padded.reshape(rows, cols, *samples.shape[1:]), size=0.6), path)

@@ -1,0 +1,45 @@
+"""The diffusion line of the seed as a timeline, drawn from the paper registry (docs/papers.yml)."""
+
+from pathlib import Path
+
+import matplotlib.dates as mdates
+
+from figures.registry import BRANCHES, timeline_rows
+from refimpl.plots import save, subplots
+
+PAGE = "index.md"
+OUTPUTS = ("diffusion_timeline.svg",)
+INPUTS = ("docs/papers.yml",)
+LANES = ("diffusion-foundations", "efficient-sampling", "guided-diffusion", "clip-diffusion",
+         "latent-diffusion", "side-clip")
+LANE_NAMES = {"diffusion-foundations": "foundations", "efficient-sampling": "efficient sampling",
+              "guided-diffusion": "guidance", "clip-diffusion": "CLIP + diffusion",
+              "latent-diffusion": "latent diffusion", "side-clip": "side line: CLIP"}
+
+
+def make(out: Path, preset: str) -> None:
+    assert set(LANES) <= set(BRANCHES)
+    rows = timeline_rows(LANES)
+    where = {row["id"]: (mdates.date2num(row["date"]), LANES.index(row["branch"])) for row in rows}
+    fig, ax = subplots(figsize=(10, 4.2))
+    for row in rows:
+        x, y = where[row["id"]]
+        for parent in row["predecessors"]:
+            if parent in where:
+                px, py = where[parent]
+                ax.annotate("", xy=(x, y), xytext=(px, py),
+                            arrowprops={"arrowstyle": "->", "color": "0.75", "lw": 0.8,
+                                        "shrinkA": 4, "shrinkB": 4})
+    for row in rows:
+        x, y = where[row["id"]]
+        ax.plot(x, y, "o", color=f"C{LANES.index(row['branch'])}", ms=7, zorder=3)
+        ax.annotate(row["short"], (x, y), xytext=(0, 8), textcoords="offset points",
+                    ha="center", fontsize=8, zorder=4)
+    ax.set_yticks(range(len(LANES)), [LANE_NAMES[lane] for lane in LANES])
+    ax.set_ylim(len(LANES) - 0.4, -0.6)
+    ax.xaxis.set_major_locator(mdates.YearLocator())
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Diffusion models, by date of first arXiv version")
+    fig.tight_layout()
+    save(fig, out / "diffusion_timeline.svg")
