@@ -580,11 +580,15 @@ def cached(name: str, modules: Sequence[str], producer: Callable[[Path], None], 
            packages: Sequence[str] | None = None) -> Path:
     """A directory that ``producer(dir)`` filled, made once per key and shared across processes.
 
-    The key covers ``name``, the sources of ``modules`` (dotted names) and what they import,
-    ``preset``, ``config`` (as JSON) and the library versions. Parallel callers with the same
-    key wait on a file lock, so the producer runs exactly once.
+    The key covers ``name``, the sources of ``modules`` (dotted names) and of the module that
+    defines ``producer`` (when it is a project module), with what they import, ``preset``,
+    ``config`` (as JSON) and the library versions. Parallel callers with the same key wait on
+    a file lock, so the producer runs exactly once.
     """
     root = Path(root).resolve() if root else default_root()
+    producer_module = getattr(producer, "__module__", None) or ""
+    if producer_module.split(".")[0] in (packages or default_packages()):
+        modules = [*modules, producer_module]
     cache = Path(cache_dir).resolve() if cache_dir else default_cache(root)
     preset = check_preset(preset)
     if not name or "/" in name or name.startswith("."):

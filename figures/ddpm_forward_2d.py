@@ -19,8 +19,8 @@ def make(out: Path, preset: str) -> None:
     schedule = make_schedule("linear", 1000)
     x0 = toy_2d("swissroll", 2000, generator)
     eps = torch.randn(x0.shape, generator=generator)
-    fig, axes = subplots(1, len(STEPS), figsize=(2.2 * len(STEPS), 2.4), sharex=True, sharey=True)
-    for ax, t in zip(axes, STEPS):
+    fig, axes = subplots(2, 3, figsize=(7, 5), sharex=True, sharey=True)
+    for ax, t in zip(axes.flatten(), STEPS):
         x_t = q_sample(x0, torch.full((len(x0),), t), eps, schedule)
         scatter_2d(x_t, ax=ax, title=rf"$t={t + 1}$, $\bar\alpha_t={schedule.alpha_bar[t]:.3f}$")
     fig.tight_layout()

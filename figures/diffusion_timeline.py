@@ -21,7 +21,7 @@ def make(out: Path, preset: str) -> None:
     assert set(LANES) <= set(BRANCHES)
     rows = timeline_rows(LANES)
     where = {row["id"]: (mdates.date2num(row["date"]), LANES.index(row["branch"])) for row in rows}
-    fig, ax = subplots(figsize=(10, 4.2))
+    fig, ax = subplots(figsize=(10, 5))
     for row in rows:
         x, y = where[row["id"]]
         for parent in row["predecessors"]:
@@ -30,11 +30,15 @@ def make(out: Path, preset: str) -> None:
                 ax.annotate("", xy=(x, y), xytext=(px, py),
                             arrowprops={"arrowstyle": "->", "color": "0.75", "lw": 0.8,
                                         "shrinkA": 4, "shrinkB": 4})
+    last_in_lane: dict[int, tuple[float, int]] = {}  # lane -> (x, label side) of its previous paper
     for row in rows:
         x, y = where[row["id"]]
         ax.plot(x, y, "o", color=f"C{LANES.index(row['branch'])}", ms=7, zorder=3)
-        ax.annotate(row["short"], (x, y), xytext=(0, 8), textcoords="offset points",
-                    ha="center", fontsize=8, zorder=4)
+        previous = last_in_lane.get(y)
+        side = -previous[1] if previous and x - previous[0] < 300 else 1  # close neighbours: alternate sides
+        last_in_lane[y] = (x, side)
+        ax.annotate(row["short"], (x, y), xytext=(0, 9 * side), textcoords="offset points",
+                    ha="center", va="bottom" if side > 0 else "top", fontsize=8, zorder=4)
     ax.set_yticks(range(len(LANES)), [LANE_NAMES[lane] for lane in LANES])
     ax.set_ylim(len(LANES) - 0.4, -0.6)
     ax.xaxis.set_major_locator(mdates.YearLocator())

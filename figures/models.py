@@ -19,6 +19,7 @@ from refimpl.training import load_model
 
 #: code timesteps at which the reverse-process figures take snapshots (0 = the final x_0)
 SNAPSHOTS = (999, 600, 300, 150, 50, 0)
+PATHS = 25  # samples whose whole reverse path is kept
 
 
 def ddpm_checkpoint(data: str, preset: str) -> Path:
@@ -32,19 +33,23 @@ def ddpm_checkpoint(data: str, preset: str) -> Path:
 
 
 def ddpm_samples(data: str, preset: str, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Algorithm 2 samples of that model: ``x0`` (n, ...) and ``x_<t>`` snapshots at :data:`SNAPSHOTS`."""
+    """Algorithm 2 samples of that model: ``x0`` (n, ...), ``x_<t>`` snapshots at :data:`SNAPSHOTS`,
+    and ``paths`` (steps, PATHS, ...): the first PATHS samples every 10 steps."""
     checkpoint = ddpm_checkpoint(data, preset)
 
     def produce(out: Path) -> None:
         snapshots: dict[str, torch.Tensor] = {}
+        paths: list[torch.Tensor] = []
 
         def keep(t, x, x0_pred):
             if t in SNAPSHOTS:
                 snapshots[f"x_{t}"] = x.float().cpu()
+            if t % 10 == 0:
+                paths.append(x[:PATHS].float().cpu())
 
         x0 = ddpm.sample_from_checkpoint(checkpoint, n, seed=seed, device=pick_device(),
                                          callback=keep, disable=True)
-        save_file({**snapshots, "x0": x0.float().cpu().clone()}, str(out / "samples.safetensors"))
+        save_file({**snapshots, "x0": x0.float().cpu().clone(), "paths": torch.stack(paths)}, str(out / "samples.safetensors"))
 
     path = cached(f"ddpm-samples-{data}", ["refimpl.ddpm"], produce, preset=preset,
                   config={"n": n, "seed": seed, "checkpoint": checkpoint.parent.name + "/" + checkpoint.name})
