@@ -36,7 +36,7 @@ def main() -> None:
         figures_only = build(cache, site, args.preset)
     print(f"machine: {os.cpu_count()} cores; preset {args.preset}")
     print(f"cold build (empty cache, trains models):        {cold:8.1f} s")
-    print(f"figures rebuilt, trained models cached:          {figures_only:8.1f} s")
+    print(f"figures rebuilt, models and samples cached:      {figures_only:8.1f} s")
     print(f"warm build (nothing changed, all cached):        {warm:8.1f} s")
     print(f"cold / warm: {cold / warm:.1f}x")
 

@@ -1,8 +1,18 @@
-"""``python -m refimpl`` (also installed as ``refimpl``)."""
+"""``python -m refimpl PAPER COMMAND ...`` (also installed as the ``refimpl`` command)."""
 
 import sys
 
-from refimpl.cli import main
+from refimpl.cli import main as run
+
+#: paper command -> module that implements it (imported only when its command runs)
+PAPERS: dict[str, str] = {
+    "ddpm": "refimpl.ddpm",
+}
+
+
+def main() -> int:
+    return run(PAPERS)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,11 @@
 """The ``python -m refimpl`` command line: one sub-command per paper, one-line errors.
 
 Each paper module that has a command line defines ``add_commands(subparsers)``; it is
-named in :data:`PAPERS` and imported only when its command runs. Every user error
-(bad option, bad value, missing or wrong checkpoint, missing device) is printed as a
-single ``refimpl: error: ...`` line with exit status 2, never as a traceback.
+named in ``refimpl.__main__.PAPERS`` (kept there, not here, so that adding a paper does
+not change this module, which every paper's CLI imports: the figure cache would retrain
+every model) and imported only when its command runs. Every user error (bad option, bad
+value, missing or wrong checkpoint, missing device) is printed as a single
+``refimpl: error: ...`` line with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +16,6 @@ import sys
 from typing import Callable, Sequence
 
 from refimpl.core import PRESETS, LineageError
-
-#: paper command -> module that implements it (imported lazily)
-PAPERS: dict[str, str] = {
-    "ddpm": "refimpl.ddpm",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors become LineageError instead of printing usage and exiting."""
@@ -60,14 +56,15 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
                         help="quick: CPU, seconds to a minute; full: GPU-sized (default quick)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(papers: dict[str, str], argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` for ``PAPER COMMAND ...`` (``papers``: command -> module) and run it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _Parser(prog="refimpl", description="Lineage reference implementations: python -m refimpl PAPER COMMAND ...")
-    papers = parser.add_subparsers(dest="paper", metavar="PAPER", parser_class=_Parser)
-    papers.required = True
+    subparsers = parser.add_subparsers(dest="paper", metavar="PAPER", parser_class=_Parser)
+    subparsers.required = True
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, module in PAPERS.items():
-        sub = papers.add_parser(name, help=f"{name} commands")
+    for name, module in papers.items():
+        sub = subparsers.add_parser(name, help=f"{name} commands")
         if wanted == name:
             commands = sub.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
             commands.required = True
