@@ -554,7 +554,8 @@ def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | N
 def run_one(script_path: str, out: str, preset: str) -> int:
     """Child side of build(): import the script by file path and call make(out, preset).
 
-    On error, prints the traceback without the builder's own frames and returns 1.
+    On error, prints the traceback without the builder's own frames, then a one-line summary
+    (the parent reports the last line), and returns 1.
     """
     path = Path(script_path).resolve()
     root = str(path.parent.parent)
@@ -568,6 +569,8 @@ def run_one(script_path: str, out: str, preset: str) -> int:
         module.make(Path(out), preset)
     except Exception as err:  # noqa: BLE001 - reported by the parent, by script name
         traceback.print_exception(type(err), err, err.__traceback__.tb_next)
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        print(f"{type(err).__name__}: {first}" if first else type(err).__name__, file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -111,11 +111,11 @@ def test_bad_input_is_refused_in_one_line(tmp_path, args, fragments):
     assert_refused(refimpl(*args, cwd=tmp_path), *fragments)
 
 
-def test_missing_cuda_is_refused(trained):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA, so --device cuda is valid here")
-    assert_refused(refimpl("ddpm", "train", "--data", "moons", "--steps", "1", "--out", "x", "--device", "cuda",
-                           cwd=trained), "cuda", "not available")
+def test_missing_device_is_refused(trained):
+    # on a machine without CUDA, "cuda" is missing; with CUDA, the device one past the last is
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    assert_refused(refimpl("ddpm", "train", "--data", "moons", "--steps", "1", "--out", "x", "--device", missing,
+                           cwd=trained), missing)
     assert_refused(refimpl("ddpm", "sample", "--ckpt", "runs/ddpm", "--out", "s.png", "--device", "tpu",
                            cwd=trained), "tpu")
 

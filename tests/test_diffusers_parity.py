@@ -7,6 +7,7 @@ with t > 0 (scheduling_ddpm.py, step(), "6. Add noise"); ``ddpm_sample`` draws o
 generators seeded alike feed both loops identical noise, as long as the model draws none.
 """
 
+import diffusers  # a test dependency: if it is missing these tests must fail, not skip
 import pytest
 import torch
 
@@ -14,7 +15,6 @@ from refimpl.ddpm import ddpm_sample, ddpm_step, q_sample
 from refimpl.mixture import eps_model, mixture_2d
 from refimpl.schedules import Schedule, linear_betas, make_schedule
 
-diffusers = pytest.importorskip("diffusers")
 torch.set_num_threads(1)
 
 T = 1000
