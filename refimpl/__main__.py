@@ -7,6 +7,7 @@ from refimpl.cli import main as run
 #: paper command -> module that implements it (imported only when its command runs)
 PAPERS: dict[str, str] = {
     "ddpm": "refimpl.ddpm",
+    "ddim": "refimpl.ddim",
 }
 
 

@@ -192,18 +192,24 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
 # --8<-- [end:train]
 
 
-def sample_from_checkpoint(ckpt, n: int, *, variance: str = "fixed_small", seed: int = 0, device=None,
-                           callback=None, disable: bool = False) -> torch.Tensor:
-    """Load a DDPM checkpoint and draw ``n`` samples with Algorithm 2 (on CPU unless ``device``)."""
+def load_for_sampling(ckpt, device=None) -> tuple[torch.nn.Module, Schedule, tuple[int, ...]]:
+    """Load a DDPM checkpoint for any sampler: (model on ``device``, its schedule on ``device``, the
+    shape of one sample, (2,) or (1, 8, 8)). On CPU unless ``device``; bad checkpoints -> LineageError."""
     from refimpl.training import load_model
 
     model, checkpoint = load_model(ckpt, "ddpm")
     device = torch.device(device or "cpu")
-    model = model.to(device)
     schedule = make_schedule(checkpoint.config["schedule"], checkpoint.config["T"]).to(device)
+    shape = (2,) if checkpoint.config["model"]["kind"] == "mlp" else (1, 8, 8)
+    return model.to(device), schedule, shape
+
+
+def sample_from_checkpoint(ckpt, n: int, *, variance: str = "fixed_small", seed: int = 0, device=None,
+                           callback=None, disable: bool = False) -> torch.Tensor:
+    """Load a DDPM checkpoint and draw ``n`` samples with Algorithm 2 (on CPU unless ``device``)."""
+    model, schedule, shape = load_for_sampling(ckpt, device)
     generator = torch.Generator().manual_seed(seed)
-    shape = (n, 2) if checkpoint.config["model"]["kind"] == "mlp" else (n, 1, 8, 8)
-    x_T = torch.randn(shape, generator=generator).to(device)
+    x_T = torch.randn((n, *shape), generator=generator).to(schedule.device)
     return ddpm_sample(model, x_T, schedule, variance=variance, generator=generator,
                        callback=callback, disable=disable)
 

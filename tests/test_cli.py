@@ -95,7 +95,7 @@ def test_interrupted_training_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["ddim"], ["invalid choice", "ddim"]),
+    (["nosuchpaper"], ["invalid choice", "nosuchpaper"]),
     (["ddpm", "fly"], ["invalid choice", "fly"]),
     (["ddpm", "train", "--out", "x", "--bogus", "1"], ["unrecognized arguments", "--bogus"]),
     (["ddpm", "train", "--out", "x", "--steps", "0"], ["--steps", "positive"]),
