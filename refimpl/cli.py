@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from refimpl.core import PRESETS, LineageError
@@ -42,6 +43,16 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def png_path(text: str) -> Path:
+    """An output picture: a .png path whose directory exists."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must be a .png file, got {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"output directory does not exist: {path.parent}")
+    return path
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

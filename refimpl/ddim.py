@@ -266,7 +266,7 @@ def _non_negative_float(text: str) -> float:
 
 def add_commands(commands) -> None:
     """``python -m refimpl ddim sample``: DDIM sampling of a checkpoint written by ``ddpm train``."""
-    from refimpl.cli import add_common, positive_int
+    from refimpl.cli import add_common, png_path, positive_int
 
     sample_cmd = commands.add_parser("sample", help="sample a trained DDPM with DDIM (Eq. 12) into a PNG")
     sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by 'ddpm train'")
@@ -276,22 +276,16 @@ def add_commands(commands) -> None:
     sample_cmd.add_argument("--spacing", choices=SPACINGS, default="uniform",
                             help="sub-sequence tau: floor(c i) or floor(c i^2) (Appendix D.2; default uniform)")
     sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, help="output picture (.png)")
+    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
     add_common(sample_cmd)
     sample_cmd.set_defaults(run=_run_sample)
 
 
 def _run_sample(args) -> int:
-    from pathlib import Path
-
     from refimpl.core import pick_device
     from refimpl.plots import save_samples
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise LineageError(f"--out must be a .png file, got {args.out!r}")
-    if not out.parent.is_dir():
-        raise LineageError(f"output directory does not exist: {out.parent}")
+    out = args.out
     device = pick_device(args.device)
     x0 = sample_from_checkpoint(args.ckpt, args.n, steps=args.steps, eta=args.eta, spacing=args.spacing,
                                 seed=args.seed, device=device, disable=args.quiet)

@@ -216,7 +216,7 @@ def sample_from_checkpoint(ckpt, n: int, *, variance: str = "fixed_small", seed:
 
 def add_commands(commands) -> None:
     """``python -m refimpl ddpm train|sample``."""
-    from refimpl.cli import add_common, add_preset, positive_int
+    from refimpl.cli import add_common, add_preset, png_path, positive_int
     from refimpl.data import DATASETS
 
     train_cmd = commands.add_parser("train", help="train a DDPM (Algorithm 1); reruns resume")
@@ -234,7 +234,7 @@ def add_commands(commands) -> None:
     sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
     sample_cmd.add_argument("--variance", choices=VARIANCES, default="fixed_small",
                             help="sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large)")
-    sample_cmd.add_argument("--out", required=True, help="output picture (.png)")
+    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
     add_common(sample_cmd)
     sample_cmd.set_defaults(run=_run_sample)
 
@@ -251,16 +251,10 @@ def _run_train(args) -> int:
 
 
 def _run_sample(args) -> int:
-    from pathlib import Path
-
     from refimpl.core import pick_device
     from refimpl.plots import save_samples
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise LineageError(f"--out must be a .png file, got {args.out!r}")
-    if not out.parent.is_dir():
-        raise LineageError(f"output directory does not exist: {out.parent}")
+    out = args.out
     device = pick_device(args.device)
     x0 = sample_from_checkpoint(args.ckpt, args.n, variance=args.variance, seed=args.seed,
                                 device=device, disable=args.quiet)

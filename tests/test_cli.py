@@ -9,26 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from clitools import assert_refused, refimpl
 from refimpl import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def refimpl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LINEAGE_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "refimpl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Exit 2, exactly one line on stderr starting with 'refimpl: error:', no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("refimpl: error:"), lines[0]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,13 @@ step(): "if eta > 0"); ``ddim_sample`` draws one ``torch.randn(x.shape, ...)`` p
 """
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import diffusers  # a test dependency: if it is missing these tests must fail, not skip
 import pytest
 import torch
 
+from clitools import assert_refused, refimpl
 from refimpl import checkpoint, ddim, ddpm
 from refimpl.core import LineageError
 from refimpl.ddim import ddim_invert, ddim_sample, ddim_step, sigma_eta, slerp, timesteps
@@ -28,7 +26,6 @@ torch.set_num_threads(1)
 
 F64 = torch.float64
 T = 1000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -411,21 +408,6 @@ def test_diffusers_prev_timestep_is_not_the_next_element_of_its_own_sub_sequence
 
 
 # ---------------------------------------------------------------- the command line
-
-def refimpl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LINEAGE_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "refimpl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Exit 2, exactly one line on stderr starting with 'refimpl: error:', no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refimpl: error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

@@ -149,7 +149,8 @@ def test_paper_card_has_the_key_facts(reg):
     assert "2020-06-19" in card and "NeurIPS 2020" in card
     assert "(../api/ddpm.md)" in card  # our implementation, relative to the subfolder
     assert "(../bibliography.md#ncsn)" in card  # predecessor without a page
-    assert "(../bibliography.md#ddim)" in card  # successor without a page
+    assert "(../efficient-sampling/ddim.md)" in card  # successor with a page, relative to the subfolder
+    assert "(../bibliography.md#iddpm)" in card  # successor without a page
     # every body line is indented into the admonition
     body = card.split("\n", 2)[2]
     assert all(line.startswith("    ") for line in body.splitlines() if line)
