@@ -57,6 +57,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def gaussian_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, I) of x's shape and dtype on x's device, drawn from ``generator`` on the generator's own
+    device (so a CPU generator gives the same noise on every device, and samplers can match diffusers')."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str | None = None,
              disable: bool = False) -> Iterator[T]:
     """A tqdm progress bar; silenced by ``disable`` or by LINEAGE_NO_PROGRESS=1 (tests, figure builds)."""

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from refimpl.core import LineageError, progress
+from refimpl.core import LineageError, gaussian_like, progress
 from refimpl.ddpm import Model, predict_x0
 from refimpl.schedules import Schedule
 
@@ -170,8 +170,7 @@ def ddim_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, steps: i
         eps = model(x, t_batch)
         noise = None
         if eta > 0:
-            noise_device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
+            noise = gaussian_like(x, generator)
         x_prev = ddim_step(x, eps, levels[i + 1], levels[i], eta, noise)
         if callback is not None:
             callback(t, x_prev, predict_x0(x, t_batch, eps, schedule))

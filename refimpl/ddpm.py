@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from refimpl.core import LineageError, progress
+from refimpl.core import LineageError, gaussian_like, progress
 from refimpl.schedules import Schedule, gather, make_schedule
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -126,8 +126,7 @@ def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance
         eps = model(x, t_batch)
         noise = None
         if t > 0:
-            noise_device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
+            noise = gaussian_like(x, generator)
         x_prev = reverse_step(x, t, eps, schedule, noise, variance)
         if callback is not None:
             callback(t, x_prev, predict_x0(x, t_batch, eps, schedule))
