@@ -8,44 +8,25 @@ from pathlib import Path
 
 import torch
 
+from figures.closed_form import Benchmark, fewest
 from figures.models import ddpm_checkpoint, ddpm_samples
 from refimpl.core import pick_device
 from refimpl.ddim import ddim_sample
-from refimpl.ddpm import ddpm_sample, load_for_sampling
+from refimpl.ddpm import load_for_sampling
 from refimpl.digits_eval import evaluate
-from refimpl.mixture import eps_model, mixture_2d
 from refimpl.plots import save, subplots
-from refimpl.schedules import make_schedule
 
 PAGE = "efficient-sampling/ddim.md"
 OUTPUTS = ("ddim_steps_error.svg", "ddim_repro.md", "ddim_repro.json")
 STEPS = (10, 20, 50, 100, 200, 1000)
 ETAS = (0.0, 0.5, 1.0)
-N = 10_000
 
 
 def closed_form() -> dict:
-    """|mean log p_data(samples) - mean log p_data(data)| for DDIM at each (eta, steps) and for DDPM.
-
-    The mixture's log-density is exact, so this cross-entropy gap is zero for a perfect sampler up
-    to Monte Carlo error; its standard error (std of log p over sqrt(N)) is reported as the floor.
-    Sliced Wasserstein was too noisy at affordable N to order the samplers.
-    """
-    mixture, schedule = mixture_2d(), make_schedule("linear", 1000)
-    model = eps_model(mixture, schedule)
-    data_log_p = mixture.log_prob(mixture.sample(200_000, torch.Generator().manual_seed(1))[0])
-    target = float(data_log_p.mean())
-    floor = float(data_log_p.std()) / N ** 0.5
-    x_T = torch.randn(N, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-
-    def gap(x0: torch.Tensor) -> float:
-        return abs(float(mixture.log_prob(x0).mean()) - target)
-
-    ddim = {eta: {steps: gap(ddim_sample(model, x_T, schedule, steps=steps, eta=eta, disable=True,
-                                         generator=torch.Generator().manual_seed(4)))
-                  for steps in STEPS} for eta in ETAS}
-    ddpm = gap(ddpm_sample(model, x_T, schedule, generator=torch.Generator().manual_seed(4), disable=True))
-    return {"floor": floor, "ddpm_1000": ddpm, "ddim": ddim}
+    """The closed-form benchmark's gap (figures.closed_form) for DDIM at each (eta, steps) and for DDPM."""
+    bench = Benchmark()
+    ddim = {eta: {steps: bench.run(ddim_sample, steps=steps, eta=eta) for steps in STEPS} for eta in ETAS}
+    return {"floor": bench.floor, "ddpm_1000": bench.ddpm_1000, "ddim": ddim}
 
 
 def digits_scores(preset: str) -> dict:
@@ -60,8 +41,8 @@ def digits_scores(preset: str) -> dict:
 
 
 def fewest_steps(errors: dict, target: float) -> str:
-    reached = [steps for steps, error in errors.items() if error <= target]
-    return str(min(reached)) if reached else "未达到"
+    found = fewest(errors, target)
+    return "未达到" if found is None else str(found)
 
 
 def make(out: Path, preset: str) -> None:

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from refimpl.plots import image_grid, save

@@ -67,7 +67,8 @@ def on_files(files, config):
 # --- pages: registry content and generated tables ------------------------------------
 #
 # The Markdown itself comes from figures.registry (generator-independent); the hook only
-# places it: the paper card after the H1 of a page whose front matter says `paper: <id>`,
+# places it: the paper card after the H1 of a page whose front matter says `paper: <id>` (one card per id
+# of a list),
 # the bibliography at `<!-- lineage:bibliography -->`, and a generated Markdown output of a
 # figure script at `<!-- lineage:include NAME.md -->`.
 
@@ -79,14 +80,14 @@ _H1 = re.compile(r"^# .+$", re.MULTILINE)
 def on_page_markdown(markdown, page, config, files):
     from figures import registry
 
-    paper_id = page.meta.get("paper")
+    paper_ids = registry.declared_papers(page.meta)
     try:
-        if paper_id:
+        if paper_ids:
             heading = _H1.search(markdown)
             if heading is None:
                 raise PluginError(f"{page.file.src_uri}: a paper page needs a '# title' line for its card")
-            card = registry.paper_card(paper_id, page.file.src_uri)
-            markdown = f"{markdown[:heading.end()]}\n\n{card}\n{markdown[heading.end():]}"
+            cards = "\n".join(registry.paper_card(pid, page.file.src_uri) for pid in paper_ids)
+            markdown = f"{markdown[:heading.end()]}\n\n{cards}\n{markdown[heading.end():]}"
         if _BIBLIOGRAPHY in markdown:
             markdown = markdown.replace(_BIBLIOGRAPHY, registry.bibliography(page_path=page.file.src_uri))
     except registry.RegistryError as err:

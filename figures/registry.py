@@ -146,15 +146,24 @@ def front_matter(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def paper_pages(docs_dir: Path | str = DOCS_DIR) -> dict[str, str]:
-    """``{page path relative to docs/: paper id}`` for every page whose front matter
-    declares ``paper: <id>``. Pages without that key are not paper pages."""
+def declared_papers(meta: dict[str, Any]) -> list[str]:
+    """The paper ids a page's front matter declares: ``paper: <id>`` or, for a page that covers
+    several papers, ``paper: [<id>, <id>, ...]`` (one card each, in that order)."""
+    value = meta.get("paper")
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def paper_pages(docs_dir: Path | str = DOCS_DIR) -> dict[str, list[str]]:
+    """``{page path relative to docs/: [paper ids]}`` for every page whose front matter
+    declares ``paper:`` (see :func:`declared_papers`). Pages without that key are not paper pages."""
     docs_dir = Path(docs_dir)
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for md in sorted(docs_dir.rglob("*.md")):
-        meta = front_matter(md.read_text(encoding="utf-8"))
-        if "paper" in meta:
-            out[md.relative_to(docs_dir).as_posix()] = str(meta["paper"])
+        ids = declared_papers(front_matter(md.read_text(encoding="utf-8")))
+        if ids:
+            out[md.relative_to(docs_dir).as_posix()] = ids
     return out
 
 
@@ -207,20 +216,12 @@ def parse(data: Any, *, source: str = "<data>", today: _dt.date | None = None) -
             arxiv_owner[paper.arxiv] = paper.id
         papers[paper.id] = paper
 
-    pages: dict[str, str] = {}
     for paper in papers.values():
         for pred in paper.predecessors:
             if pred not in papers:
                 raise RegistryError(
                     f"{source}: {paper.id}.predecessors: unknown paper id {pred!r}"
                 )
-        if paper.page is not None:
-            if paper.page in pages:
-                raise RegistryError(
-                    f"{source}: page {paper.page!r} claimed by both {pages[paper.page]!r} "
-                    f"and {paper.id!r}"
-                )
-            pages[paper.page] = paper.id
     _check_acyclic(papers, source)
     return papers
 
@@ -512,7 +513,7 @@ def paper_card(
         f"**谱系位置**：{lineage_markdown(paper_id, page_path, reg)}",
     ]
     body = "\n".join(f"    - {line}" for line in lines)
-    return f'!!! abstract "论文卡片"\n\n{body}\n'
+    return f'!!! abstract "论文卡片：{p.short}"\n\n{body}\n'
 
 
 def bibliography(
@@ -585,5 +586,5 @@ __all__ = [
     "BIBLIOGRAPHY_PAGE", "BRANCHES", "DEFAULT_PATH", "DOCS_DIR", "Link", "Paper",
     "RegistryError", "api_page", "arxiv_month_ok", "bibliography", "find_arxiv_ids",
     "front_matter", "lineage_links", "lineage_markdown", "load", "loads", "paper_card",
-    "paper_href", "paper_pages", "parse", "relative_href", "successors", "timeline_rows",
+    "paper_href", "declared_papers", "paper_pages", "parse", "relative_href", "successors", "timeline_rows",
 ]

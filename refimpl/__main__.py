@@ -8,6 +8,8 @@ from refimpl.cli import main as run
 PAPERS: dict[str, str] = {
     "ddpm": "refimpl.ddpm",
     "ddim": "refimpl.ddim",
+    "iddpm": "refimpl.iddpm",
+    "solvers": "refimpl.solvers",
 }
 
 

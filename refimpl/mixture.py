@@ -56,29 +56,28 @@ class GaussianMixture:
         x = self.means[labels] + (self.chol[labels] @ z[..., None])[..., 0]
         return x, labels
 
-    def _component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """log pi_k + log N(x; mu_k, S_k), shape (N, K)."""
+    def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi_k + log N(x; mu_k, S_k), shape (N, K), and S_k^{-1} (x - mu_k), shape (N, K, D)."""
         diff = x.to(_F64)[:, None, :] - self.means[None]  # (N, K, D)
-        mahalanobis = torch.einsum("nki,kij,nkj->nk", diff, self.precisions, diff)
+        whitened = torch.einsum("kij,nkj->nki", self.precisions, diff)  # S_k^{-1} (x - mu_k)
+        mahalanobis = (diff * whitened).sum(-1)
         log_det = 2 * torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
         log_norm = -0.5 * mahalanobis - 0.5 * log_det - 0.5 * self.D * math.log(2 * math.pi)
-        return torch.log(self.weights) + log_norm
+        return torch.log(self.weights) + log_norm, whitened
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) for x of shape (N, D), via logsumexp over components."""
-        return torch.logsumexp(self._component_log_probs(x), dim=-1)
+        return torch.logsumexp(self._terms(x)[0], dim=-1)
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """r_k(x) = p(k | x), shape (N, K), computed in log space (a softmax of the log terms)."""
-        return torch.softmax(self._component_log_probs(x), dim=-1)
+        return torch.softmax(self._terms(x)[0], dim=-1)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """grad_x log p(x) = sum_k r_k(x) S_k^{-1} (mu_k - x), shape (N, D), float64."""
-        x = x.to(_F64)
-        r = self.responsibilities(x)  # (N, K)
-        diff = self.means[None] - x[:, None, :]  # (N, K, D)
-        per_component = torch.einsum("kij,nkj->nki", self.precisions, diff)
-        return (r[..., None] * per_component).sum(1)
+        log_terms, whitened = self._terms(x)
+        r = torch.softmax(log_terms, dim=-1)  # (N, K)
+        return -(r[..., None] * whitened).sum(1)
 
     def vp(self, alpha_bar: float) -> "GaussianMixture":
         """The law of x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (DDPM Eq. 4)."""
@@ -147,3 +146,19 @@ def mixture_2d() -> GaussianMixture:
     covs = [cov(0.45, 0.15, 0.5), cov(0.30, 0.30, 0.0), cov(0.50, 0.12, -0.3),
             cov(0.20, 0.10, 1.2), cov(0.25, 0.12, 0.9)]
     return GaussianMixture(weights, means, covs)
+
+
+def gaussian_flow(x: torch.Tensor, alpha_bar_from: float, alpha_bar_to: float, mu, s: float) -> torch.Tensor:
+    """The exact probability-flow ODE map (DDIM Eq. 14) for data N(mu, s^2 I), from a sample ``x`` at level
+    ``alpha_bar_from`` to level ``alpha_bar_to`` (VP variables; alpha_bar_to = 1 is the data end).
+
+    In the variables xbar = x / sqrt(alpha_bar), sigma^2 = (1 - alpha_bar) / alpha_bar the noised law is
+    N(mu, (s^2 + sigma^2) I) and the optimal eps* = sigma (xbar - mu) / (s^2 + sigma^2), so
+    d xbar / d sigma = eps* is linear and solved by xbar - mu ~ sqrt(s^2 + sigma^2). The benchmark against
+    which every ODE sampler's discretisation error and order are measured.
+    """
+    a, b = float(alpha_bar_from), float(alpha_bar_to)
+    mu = torch.as_tensor(mu, dtype=x.dtype)
+    sigma_a2, sigma_b2 = (1 - a) / a, (1 - b) / b
+    xbar = mu + (x / math.sqrt(a) - mu) * math.sqrt((s * s + sigma_b2) / (s * s + sigma_a2))
+    return xbar * math.sqrt(b)

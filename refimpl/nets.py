@@ -1,6 +1,8 @@
 """Noise-prediction networks: the sinusoidal time embedding, an MLP for 2-D toys, a small U-Net for 8x8 digits.
 
-Both networks are ``model(x_t, t) -> eps`` with the output shaped like ``x_t``. Both take
+Both networks are ``model(x_t, t) -> eps`` with the output shaped like ``x_t``, unless an
+``out_dim`` (MLP) / ``out_channels`` (U-Net) asks for more outputs (improved DDPM's learned
+variance needs eps and v: twice the input's). Both take
 an optional ``cond_emb`` (shape ``(B, model.emb_dim)``) that is added to the time
 embedding, so a later paper (class guidance, CFG) can condition them without a new class.
 :func:`model_config` / :func:`model_from_config` turn a model into JSON and back, which is
@@ -38,6 +40,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 # --8<-- [end:timestep_embedding]
 
 
+def _outputs(value: int | None, default: int, name: str) -> int:
+    """The number of output channels: ``default`` (the input's) unless ``value`` is a positive int."""
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise LineageError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _batch_t(t, x: torch.Tensor) -> torch.Tensor:
     """Accept t as a python number, a 0-d tensor or a (B,) tensor; return (B,) on x's device."""
     t = torch.as_tensor(t, device=x.device)
@@ -47,15 +58,19 @@ def _batch_t(t, x: torch.Tensor) -> torch.Tensor:
 class MLPDenoiser(nn.Module):
     """eps_theta(x_t, t) for low-dimensional data: ``depth`` SiLU layers, time features added to each."""
 
-    def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 32):
+    def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 32,
+                 out_dim: int | None = None):
         super().__init__()
+        out_dim = _outputs(out_dim, data_dim, "out_dim")
         self.config = dict(data_dim=data_dim, hidden=hidden, depth=depth, time_dim=time_dim)
+        if out_dim != data_dim:  # recorded only when it differs, so eps-only configs stay as they were
+            self.config["out_dim"] = out_dim
         self.time_dim, self.emb_dim = time_dim, hidden
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(data_dim, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
-        self.out = nn.Linear(hidden, data_dim)
+        self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.time_dim))
@@ -112,15 +127,18 @@ class UNet(nn.Module):
     One ResBlock per resolution; a 2x downsample between levels (8 -> 4 with the default
     ``channel_mults=(1, 2)``); in the middle ResBlock, self-attention (if ``attention``),
     ResBlock; the way up concatenates the skips. The last conv is zero-initialised, so
-    the untrained network predicts eps = 0 exactly.
+    the untrained network predicts eps = 0 exactly. ``out_channels`` defaults to ``in_channels``.
     """
 
     def __init__(self, in_channels: int = 1, base: int = 32, channel_mults=(1, 2), time_dim: int = 128,
-                 attention: bool = True):
+                 attention: bool = True, out_channels: int | None = None):
         super().__init__()
         mults = [int(m) for m in channel_mults]
+        out_channels = _outputs(out_channels, in_channels, "out_channels")
         self.config = dict(in_channels=in_channels, base=base, channel_mults=mults, time_dim=time_dim,
                            attention=attention)
+        if out_channels != in_channels:  # recorded only when it differs, so eps-only configs stay as they were
+            self.config["out_channels"] = out_channels
         self.base, self.emb_dim = base, time_dim
         self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
@@ -144,7 +162,7 @@ class UNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.norm_out = _norm(c)
-        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 

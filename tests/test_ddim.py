@@ -19,24 +19,12 @@ from refimpl import checkpoint, ddim, ddpm
 from refimpl.core import LineageError
 from refimpl.ddim import ddim_invert, ddim_sample, ddim_step, sigma_eta, slerp, timesteps
 from refimpl.ddpm import ddpm_sample
-from refimpl.mixture import GaussianMixture, eps_model, mixture_2d
-from refimpl.schedules import Schedule, linear_betas, make_schedule
+from refimpl.mixture import GaussianMixture, eps_model, gaussian_flow, mixture_2d
 
 torch.set_num_threads(1)
 
 F64 = torch.float64
 T = 1000
-
-
-@pytest.fixture(scope="module")
-def s64():
-    """The DDPM linear schedule in float64: closed-form identities hold to ~1e-12."""
-    return Schedule(linear_betas(T, dtype=F64))
-
-
-@pytest.fixture(scope="module")
-def s32():
-    return make_schedule("linear", T)
 
 
 def _gen(seed):
@@ -157,17 +145,10 @@ def test_bad_eta_is_refused_before_any_model_call(s64):
 # ---------------------------------------------------------------- closed form: a single Gaussian
 
 def gaussian_ode_endpoint(mu, s, x_T, alpha_bar_T):
-    """Exact endpoint of the eta = 0 ODE (DDIM Eq. 14) for data N(mu, s^2 I), started at x_T at level alpha_bar_T.
-
-    In Eq. (14)'s variables xbar = x / sqrt(alpha_bar), sigma = sqrt((1 - alpha_bar) / alpha_bar), the noised
-    law is N(mu, (s^2 + sigma^2) I) and the optimal eps* = -sqrt(1 - alpha_bar) grad log p_t(x)
-    = sigma (xbar - mu) / (s^2 + sigma^2), so d xbar / d sigma = sigma (xbar - mu) / (s^2 + sigma^2): linear,
-    solved by xbar - mu ~ sqrt(s^2 + sigma^2). From sigma_T down to sigma = 0 (x_0 = xbar):
-        x_0 = mu + s (x_T / sqrt(alpha_bar_T) - mu) / sqrt(s^2 + sigma_T^2)
-            = mu + s (x_T - sqrt(alpha_bar_T) mu) / sqrt(alpha_bar_T s^2 + 1 - alpha_bar_T).
-    """
-    a = float(alpha_bar_T)
-    return mu + s * (x_T - math.sqrt(a) * mu) / math.sqrt(a * s * s + 1 - a)
+    """Exact endpoint x_0 of the eta = 0 ODE (DDIM Eq. 14) for data N(mu, s^2 I), started at x_T at level
+    alpha_bar_T: refimpl.mixture.gaussian_flow to alpha_bar = 1, i.e.
+    x_0 = mu + s (x_T / sqrt(alpha_bar_T) - mu) / sqrt(s^2 + sigma_T^2) (checked against RK4 below)."""
+    return gaussian_flow(x_T, alpha_bar_T, 1.0, mu, s)
 
 
 def test_eta0_converges_to_the_exact_ode_endpoint_at_first_order(s64):

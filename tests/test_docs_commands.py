@@ -1,11 +1,15 @@
 """Every command shown on a page runs (verification ladder, rung 4).
 
 Commands are the lines of ```bash blocks in docs/. They run in quick mode: `--preset full`
-becomes `--preset quick`. A train command whose quick-mode arguments equal an earlier one
-but for --out starts from a copy of that run's finished checkpoint (so the command itself
-runs and resumes instead of training the same quick model twice); everything else runs as is.
+becomes `--preset quick`. A train command whose quick-mode arguments equal those of one that
+already ran in this test session (on any page, in any xdist worker) but for --out starts from a
+copy of that run's finished checkpoint, so the command itself runs and resumes instead of training
+the same quick model again; everything else runs as is. The shared runs live in the session's
+temporary directory, so nothing trained by older code is ever reused.
 """
 
+import fcntl
+import hashlib
 import os
 import re
 import shlex
@@ -47,22 +51,50 @@ def option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT / "docs")))
-def test_every_command_on_the_page_runs(page, tmp_path):
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> Path:
+    """A directory shared by every xdist worker of this session (the workers' common basetemp parent)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    (root / "docs-runs").mkdir(exist_ok=True)
+    return root / "docs-runs"
+
+
+def run(argv: list[str], cwd: Path, page: Path, command: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), LINEAGE_NO_PROGRESS="1")
-    trained: dict[tuple[str, ...], str] = {}  # quick-mode train arguments without --out -> out dir
+    result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, f"{page.name}: `{command}` failed:\n{result.stderr[-2000:]}"
+
+
+def run_train(argv: list[str], cwd: Path, page: Path, command: str, shared: Path) -> None:
+    """Run a train command, starting from a finished copy of the same quick run if one exists.
+
+    An exclusive lock per run key makes a second worker wait for the first one's training
+    instead of training the same model at the same time."""
+    out = cwd / option(argv, "--out")
+    key = " ".join(a for i, a in enumerate(argv) if a != "--out" and argv[i - 1] != "--out")
+    done = shared / hashlib.sha256(key.encode()).hexdigest()[:16]
+    with open(f"{done}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and not out.exists():
+            shutil.copytree(done, out)
+        run(argv, cwd, page, command)
+        if not done.exists():
+            shutil.copytree(out, f"{done}.tmp")
+            os.rename(f"{done}.tmp", done)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT / "docs")))
+def test_every_command_on_the_page_runs(page, tmp_path, shared_runs):
     for command in page_commands(page):
         argv = quick(shlex.split(command))
         assert argv[:3] == ["python", "-m", "refimpl"], f"{page.name}: not a refimpl command: {command}"
         if argv[4:5] == ["train"]:
-            out = option(argv, "--out")
-            key = tuple(a for i, a in enumerate(argv) if a != "--out" and argv[i - 1] != "--out")
-            if key in trained and not (tmp_path / out).exists():
-                shutil.copytree(tmp_path / trained[key], tmp_path / out)
-            trained.setdefault(key, out)
-        result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{page.name}: `{command}` failed:\n{result.stderr[-2000:]}"
+            run_train(argv, tmp_path, page, command, shared_runs)
+        else:
+            run(argv, tmp_path, page, command)
         picture = option(argv, "--out")
         if argv[4:5] == ["sample"]:
             assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG", command
