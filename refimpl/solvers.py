@@ -9,8 +9,7 @@ EDM: Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-B
 Both solve the probability-flow ODE of the DDPM forward process (DDIM's Eq. 14) with a second-order
 method, so the same trained eps-model samples in tens of model calls instead of T. Notation
 (DPM-Solver's): alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), the half log-SNR
-lambda_t = log(alpha_t / sigma_t); EDM's variables for a VP model (scaling s(t) = alpha_t, EDM
-Table 1 "VP") are xbar = x / alpha_t and sigma_edm = sigma_t / alpha_t = exp(-lambda_t).
+lambda_t = log(alpha_t / sigma_t); EDM's variables for a VP model (scaling s(t) = alpha_t) are xbar = x / alpha_t and sigma_edm = sigma_t / alpha_t = exp(-lambda_t).
 Timesteps in code are 0-indexed like diffusers: code ``t`` in ``0..T-1`` is the paper's ``t + 1``.
 Both samplers walk an increasing sub-sequence tau of code timesteps downwards, as DDIM does, and
 after tau_0 take one last step to alpha_bar_0 := 1 (sigma = 0, lambda = +inf), returning x_0.
@@ -156,15 +155,15 @@ def dpmpp_2m_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, step
 def heun_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, steps: int = 10, spacing: str = "karras",
                 rho: float = 7.0, generator: torch.Generator | None = None, callback=None,
                 disable: bool = False) -> torch.Tensor:
-    """EDM Algorithm 1 (deterministic sampling, Heun's 2nd-order method; Algorithm 2 with S_churn = 0),
-    on the VP model written as an EDM denoiser (EDM Table 1, "VP" column): in the variables
+    """EDM Algorithm 1 (deterministic sampling, Heun's 2nd-order method; the stochastic
+    sampler with S_churn = 0), on the VP model written as an EDM denoiser: in the variables
     xbar = x / sqrt(alpha_bar), sigma = sqrt((1 - alpha_bar) / alpha_bar),
 
         D(xbar; sigma) = xbar - sigma eps(xbar / sqrt(1 + sigma^2), t(sigma)),
         d = (xbar - D(xbar; sigma)) / sigma = eps,
 
     i.e. c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(1 + sigma^2), c_noise = the code timestep t, and the
-    ODE is d xbar / d sigma = (xbar - D) / sigma = eps (EDM Eqs. 1 and 3 with sigma(t) = t, s(t) = 1).
+    ODE is d xbar / d sigma = (xbar - D) / sigma = eps (EDM's probability-flow ODE with sigma(t) = t, s(t) = 1).
     Each step from sigma_i to sigma_{i+1} is an Euler predictor xbar' = xbar + (sigma_{i+1} - sigma_i) d_i
     and a trapezoidal corrector xbar + (sigma_{i+1} - sigma_i) (d_i + d'_i) / 2 with d'_i evaluated at
     (xbar', sigma_{i+1}), except the last step, to sigma = 0 (alpha_bar_0 := 1), which is Euler only and
@@ -173,8 +172,8 @@ def heun_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, steps: i
     xbar = x_T / sqrt(alpha_bar) there (not EDM's N(0, sigma_max^2 I), which assumes sigma_max >> 1).
 
     The sigma levels are those of the integer timesteps tau (the model only takes integer t); default
-    spacing "karras" with rho = 7, EDM Eq. (5), which EDM Sec. 3 reports works best: it concentrates the
-    steps at low noise, where the trajectories curve most. ``generator`` is unused (deterministic sampler, common
+    spacing "karras" with rho = 7, EDM Eq. (5), EDM's choice: it concentrates the steps at low noise.
+    ``generator`` is unused (deterministic sampler, common
     signature). ``callback(t, x, x0_pred)`` is called after each step with the new sample in VP
     variables, x = sqrt(alpha_bar) xbar at the next level, and D(xbar; sigma) at code timestep t.
     """

@@ -24,3 +24,9 @@ def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def with_defaults(args: list[str], **defaults: str) -> list[str]:
+    """``--flag value`` pairs of ``args`` over the defaults (``ckpt="run"`` is ``--ckpt run``), as one argv list."""
+    merged = {f"--{k}": v for k, v in defaults.items()} | dict(zip(args[::2], args[1::2]))
+    return [item for pair in merged.items() for item in pair]

@@ -14,7 +14,7 @@ import diffusers  # a test dependency: if it is missing these tests must fail, n
 import pytest
 import torch
 
-from clitools import assert_refused, refimpl
+from clitools import assert_refused, refimpl, with_defaults
 from refimpl import checkpoint, ddim, ddpm
 from refimpl.core import LineageError
 from refimpl.ddim import ddim_invert, ddim_sample, ddim_step, sigma_eta, slerp, timesteps
@@ -416,10 +416,7 @@ def test_ddim_sample_writes_a_png(trained, extra, tmp_path):
     (["--out", "s.jpg"], [".png"]),
 ])
 def test_ddim_sample_refuses_bad_input_in_one_line(trained, args, fragments):
-    base = {"--ckpt": "run", "--out": "s.png"}
-    flags = dict(zip(args[::2], args[1::2]))
-    merged = [*sum(([k, v] for k, v in (base | flags).items()), [])]
-    assert_refused(refimpl("ddim", "sample", *merged, cwd=trained), *fragments)
+    assert_refused(refimpl("ddim", "sample", *with_defaults(args, ckpt="run", out="s.png"), cwd=trained), *fragments)
 
 
 def test_ddim_refuses_a_checkpoint_of_another_model(trained, tmp_path):

@@ -13,7 +13,7 @@ import diffusers  # a test dependency: if it is missing these tests must fail, n
 import pytest
 import torch
 
-from clitools import assert_refused, refimpl
+from clitools import assert_refused, refimpl, with_defaults
 from test_ddim import ode_endpoint  # RK4 reference solution of the probability-flow ODE (exact eps* of a mixture)
 from test_diffusers_parity import PerturbedMLP
 from refimpl.core import LineageError
@@ -515,7 +515,4 @@ def test_sample_from_checkpoint_same_noise_for_every_sampler(ckpt):
     (["--out", "s.jpg"], [".png"]),
 ])
 def test_solvers_sample_refuses_bad_input_in_one_line(ckpt, args, fragments):
-    base = {"--ckpt": "run", "--out": "s.png"}
-    flags = dict(zip(args[::2], args[1::2]))
-    merged = [*sum(([k, v] for k, v in (base | flags).items()), [])]
-    assert_refused(refimpl("solvers", "sample", *merged, cwd=ckpt), *fragments)
+    assert_refused(refimpl("solvers", "sample", *with_defaults(args, ckpt="run", out="s.png"), cwd=ckpt), *fragments)
