@@ -79,16 +79,22 @@ class GaussianMixture:
         r = torch.softmax(log_terms, dim=-1)  # (N, K)
         return -(r[..., None] * whitened).sum(1)
 
+    def noised(self, scale: float, std: float) -> "GaussianMixture":
+        """The law of ``scale * x_0 + std * eps`` with eps ~ N(0, I): means scale mu_k, covariances
+        scale^2 S_k + std^2 I. Every forward process in the project has this form (the perturbation
+        kernels of Score SDE Eq. 29 are Gaussian with such a mean coefficient and std)."""
+        a, s = float(scale), float(std)
+        eye = torch.eye(self.D, dtype=_F64)
+        return GaussianMixture(self.weights, a * self.means, a * a * self.covs + s * s * eye)
+
     def vp(self, alpha_bar: float) -> "GaussianMixture":
         """The law of x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (DDPM Eq. 4)."""
         a = float(alpha_bar)
-        eye = torch.eye(self.D, dtype=_F64)
-        return GaussianMixture(self.weights, math.sqrt(a) * self.means, a * self.covs + (1 - a) * eye)
+        return self.noised(math.sqrt(a), math.sqrt(1 - a))
 
     def ve(self, sigma: float) -> "GaussianMixture":
         """The law of x = x_0 + sigma eps (SMLD / VE SDE)."""
-        eye = torch.eye(self.D, dtype=_F64)
-        return GaussianMixture(self.weights, self.means, self.covs + float(sigma) ** 2 * eye)
+        return self.noised(1.0, sigma)
 
     def denoise_vp(self, x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
         """E[x_0 | x_t] by Tweedie's formula: (x_t + (1 - alpha_bar) grad log p_t(x_t)) / sqrt(alpha_bar)."""
