@@ -78,3 +78,33 @@ def iddpm_checkpoint(data: str, preset: str, schedule: str = "cosine") -> Path:
 
     name = f"iddpm-{data}" if schedule == "cosine" else f"iddpm-{schedule}-{data}"
     return cached(name, ["refimpl.iddpm"], produce, preset=preset, config=config)
+
+
+# --- Score SDE (refimpl.sde) -----------------------------------------------------------
+
+def sde_checkpoint(sde: str, data: str, preset: str) -> Path:
+    """The checkpoint directory of a Score SDE score model (``sde`` "vp", "ve" or "subvp") trained on ``data``
+    with ``preset`` by denoising score matching. refimpl.sde is imported by name, like refimpl.iddpm above, so
+    that no other artifact's cache key depends on refimpl/sde.py."""
+    sde_module = importlib.import_module("refimpl.sde")
+    config = sde_module.train_config(sde, data, preset)
+
+    def produce(out: Path) -> None:
+        sde_module.train(config, out, device=pick_device(), progress=False)
+
+    return cached(f"sde-{sde}-{data}", ["refimpl.sde"], produce, preset=preset, config=config)
+
+
+# --- NCSN (refimpl.ncsn) ---------------------------------------------------------------
+
+def ncsn_checkpoint(data: str, preset: str) -> Path:
+    """The checkpoint directory of a noise conditional score network trained on the 2-D toy ``data`` with
+    ``preset`` (sigma^2-weighted denoising score matching). refimpl.ncsn is imported by name, like refimpl.iddpm
+    above, so that no other artifact's cache key depends on refimpl/ncsn.py."""
+    ncsn = importlib.import_module("refimpl.ncsn")
+    config = ncsn.train_config(data, preset)
+
+    def produce(out: Path) -> None:
+        ncsn.train(config, out, device=pick_device(), progress=False)
+
+    return cached(f"ncsn-{data}", ["refimpl.ncsn"], produce, preset=preset, config=config)

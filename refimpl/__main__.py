@@ -6,7 +6,10 @@ from refimpl.cli import main as run
 
 #: paper command -> module that implements it (imported only when its command runs)
 PAPERS: dict[str, str] = {
+    "nonequilibrium": "refimpl.nonequilibrium",
+    "ncsn": "refimpl.ncsn",
     "ddpm": "refimpl.ddpm",
+    "sde": "refimpl.sde",
     "ddim": "refimpl.ddim",
     "iddpm": "refimpl.iddpm",
     "solvers": "refimpl.solvers",

@@ -28,7 +28,7 @@ import torch
 
 from refimpl.core import LineageError
 from refimpl.ddpm import Model
-from refimpl.mixture import GaussianMixture, eps_model
+from refimpl.mixture import GaussianMixture, by_level, eps_model
 from refimpl.schedules import Schedule
 
 _F64 = torch.float64
@@ -144,17 +144,11 @@ def guided_eps_model(data: LabelledMixture, schedule: Schedule, y: int, *, class
         return lambda x_t, t: cfg_eps(cond(x_t, t), uncond(x_t, t), w=w, guidance_scale=guidance_scale)
     alpha_bar = schedule.alpha_bar.detach().to("cpu", _F64)
 
-    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = x_t.detach().to("cpu", _F64)
-        t = torch.as_tensor(t).to("cpu").reshape(-1).expand(x.shape[0])
-        eps = torch.empty_like(x)
-        for step in torch.unique(t).tolist():  # one noise level per group of rows, as in refimpl.mixture.eps_model
-            rows, a = t == step, alpha_bar[step].item()
-            eps[rows] = classifier_guided_eps(data.eps(x[rows], a), data.grad_log_class_prob(x[rows], y, a), a,
-                                              classifier_scale)
-        return eps.to(device=x_t.device, dtype=x_t.dtype)
+    def guided(x: torch.Tensor, step: int) -> torch.Tensor:
+        a = alpha_bar[step].item()
+        return classifier_guided_eps(data.eps(x, a), data.grad_log_class_prob(x, y, a), a, classifier_scale)
 
-    return model
+    return by_level(guided)
 # --8<-- [end:guided_eps_model]
 
 

@@ -114,6 +114,30 @@ class GaussianMixture:
         return within + between
 
 
+def by_level(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A batched model ``model(x, t)`` from ``fn(x_rows, level)``, a closed-form quantity at one noise level.
+
+    ``t`` is a scalar or a (B,) tensor of levels (an int64 timestep, a level index or a float time); rows with the
+    same level are computed together as ``fn(x[rows] in float64 on the CPU, level as a Python number)``. The output
+    has x's dtype and device. x is not detached, so the result is differentiable in x (exact divergences).
+    """
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x64 = x.to("cpu", _F64)
+        t = torch.as_tensor(t).to("cpu").reshape(-1).expand(x.shape[0])
+        levels = torch.unique(t).tolist()
+        if len(levels) == 1:
+            out = fn(x64, levels[0])
+        else:
+            out = torch.empty_like(x64)
+            for level in levels:
+                rows = t == level
+                out[rows] = fn(x64[rows], level)
+        return out.to(device=x.device, dtype=x.dtype)
+
+    return model
+
+
 def eps_model(mixture: GaussianMixture, schedule: Schedule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The exact optimal noise prediction (the minimiser of DDPM Eq. 14) for data ``mixture``:
     eps*(x_t, t) = E[eps | x_t] = -sqrt(1 - alpha_bar_t) * grad log p_t(x_t).
@@ -123,17 +147,11 @@ def eps_model(mixture: GaussianMixture, schedule: Schedule) -> Callable[[torch.T
     """
     alpha_bar = schedule.alpha_bar.detach().to("cpu", _F64)
 
-    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = x_t.detach().to("cpu", _F64)
-        t = torch.as_tensor(t).to("cpu").reshape(-1).expand(x.shape[0])
-        eps = torch.empty_like(x)
-        for step in torch.unique(t).tolist():
-            rows = t == step
-            a = alpha_bar[step].item()
-            eps[rows] = -math.sqrt(1 - a) * mixture.vp(a).score(x[rows])
-        return eps.to(device=x_t.device, dtype=x_t.dtype)
+    def eps(x: torch.Tensor, step: int) -> torch.Tensor:
+        a = alpha_bar[step].item()
+        return -math.sqrt(1 - a) * mixture.vp(a).score(x)
 
-    return model
+    return by_level(eps)
 
 
 def mixture_2d() -> GaussianMixture:

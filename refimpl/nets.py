@@ -207,9 +207,15 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     raise TypeError(f"{type(model).__name__} is not one of refimpl.nets.MODEL_KINDS")
 
 
-def model_from_config(cfg: dict[str, Any]) -> nn.Module:
-    """Inverse of :func:`model_config` (fresh weights; load a state dict into it)."""
+def model_from_config(cfg: dict[str, Any], seed: int | None = None) -> nn.Module:
+    """Inverse of :func:`model_config` (fresh weights; load a state dict into it). With ``seed``, the initial
+    weights are drawn from that seed instead of the global RNG (whose state is left as it was), so a config
+    and its seed fix the trained model."""
     if not isinstance(cfg, dict) or "kind" not in cfg:
         raise LineageError(f"not a model config (no 'kind'): {cfg!r}")
     kwargs = {k: v for k, v in cfg.items() if k != "kind"}
-    return build_model(cfg["kind"], **kwargs)
+    if seed is None:
+        return build_model(cfg["kind"], **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg["kind"], **kwargs)

@@ -148,7 +148,7 @@ def test_paper_card_has_the_key_facts(reg):
     assert "https://arxiv.org/abs/2006.11239" in card
     assert "2020-06-19" in card and "NeurIPS 2020" in card
     assert "(../api/ddpm.md)" in card  # our implementation, relative to the subfolder
-    assert "(../bibliography.md#ncsn)" in card  # predecessor without a page
+    assert "(ncsn.md)" in card  # predecessor with a page in the same folder
     assert "(../efficient-sampling/ddim.md)" in card  # successor with a page, relative to the subfolder
     assert "(../bibliography.md#ldm)" in card  # successor without a page
     # every body line is indented into the admonition
