@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from figures.models import ddpm_checkpoint, ddpm_history, ddpm_samples
+from learning import assert_near_the_data
 from refimpl.data import digits, toy_2d
 from refimpl.digits_eval import evaluate
-from refimpl.metrics import sliced_wasserstein
 from refimpl.schedules import make_schedule
 from refimpl.training import load_model
 
@@ -50,13 +50,7 @@ def test_swissroll_samples_are_close_to_the_data():
     nearer the floor than the Gaussian: below the midpoint of the two."""
     n = 2000
     samples = ddpm_samples("swissroll", "quick", n=n)["x0"]
-    generator = torch.Generator().manual_seed(11)
-    data, data_again = toy_2d("swissroll", n, generator), toy_2d("swissroll", n, generator)
-    gaussian = data.mean(0) + torch.randn(n, 2, generator=generator) @ torch.linalg.cholesky(data.T.cov()).T
-    distance = lambda a: sliced_wasserstein(a, data, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    floor, gaussian_distance, model_distance = distance(data_again), distance(gaussian), distance(samples)
-    assert floor < gaussian_distance / 2  # the metric separates the baselines at this n
-    assert model_distance < (floor + gaussian_distance) / 2, (model_distance, floor, gaussian_distance)
+    assert_near_the_data(samples)
 
 
 def test_digits_loss_falls_below_the_gaussian_baseline():

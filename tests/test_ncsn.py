@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from clitools import assert_refused, refimpl
+from learning import assert_near_the_data
 from refimpl import ncsn
 from refimpl.core import LineageError
 from refimpl.ddpm import train as ddpm_train
@@ -256,15 +257,7 @@ def test_quick_swissroll_model_samples_the_data():
     independent data draws of the same size (the floor) and a moment-matched Gaussian. The samples must be
     nearer the floor than the Gaussian: below the midpoint of the two."""
     from figures.models import ncsn_checkpoint
-    from refimpl.data import toy_2d
-    from refimpl.metrics import sliced_wasserstein
 
     n = 2000
     samples = ncsn.sample_from_checkpoint(ncsn_checkpoint("swissroll", "quick"), n, disable=True)
-    generator = _gen(11)
-    data, data_again = toy_2d("swissroll", n, generator), toy_2d("swissroll", n, generator)
-    gaussian = data.mean(0) + torch.randn(n, 2, generator=generator) @ torch.linalg.cholesky(data.T.cov()).T
-    distance = lambda a: sliced_wasserstein(a, data, generator=_gen(0))  # noqa: E731
-    floor, gaussian_distance, model_distance = distance(data_again), distance(gaussian), distance(samples)
-    assert floor < gaussian_distance / 2
-    assert model_distance < (floor + gaussian_distance) / 2, (model_distance, floor, gaussian_distance)
+    assert_near_the_data(samples)

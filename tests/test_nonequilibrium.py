@@ -16,7 +16,8 @@ import torch
 from refimpl import nonequilibrium as ne
 from refimpl.core import LineageError
 from refimpl.mixture import mixture_2d
-from tests.clitools import assert_refused, refimpl
+from clitools import assert_refused, refimpl
+from learning import assert_near_the_data
 
 F64 = torch.float64
 SCHEDULE = ne.make_schedule(dtype=F64)  # T = 40, beta_1 = 1e-3: the swiss-roll setting
@@ -205,8 +206,6 @@ def test_quick_model_beats_the_gaussian_and_samples_the_swiss_roll():
     standard errors, and the samples are nearer the data than a moment-matched Gaussian (sliced Wasserstein
     below the midpoint of the data-vs-data floor and the Gaussian), as in tests/test_ddpm_learning.py."""
     from figures.nonequilibrium_model import checkpoint, samples
-    from refimpl.data import toy_2d
-    from refimpl.metrics import sliced_wasserstein
 
     result, null = ne.bound_from_checkpoint(checkpoint("quick"), 2000, disable=True)
     gain = result.total - null
@@ -214,13 +213,7 @@ def test_quick_model_beats_the_gaussian_and_samples_the_swiss_roll():
 
     n = 2000
     x = samples("quick")["x0"][:n]
-    generator = torch.Generator().manual_seed(11)
-    data, data_again = toy_2d("swissroll", n, generator), toy_2d("swissroll", n, generator)
-    gaussian = data.mean(0) + torch.randn(n, 2, generator=generator) @ torch.linalg.cholesky(data.T.cov()).T
-    distance = lambda a: sliced_wasserstein(a, data, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    floor, gaussian_distance, model_distance = distance(data_again), distance(gaussian), distance(x)
-    assert floor < gaussian_distance / 2
-    assert model_distance < (floor + gaussian_distance) / 2, (model_distance, floor, gaussian_distance)
+    assert_near_the_data(x)
 
 
 def test_cli_trains_samples_bounds_and_refuses_bad_input(tmp_path):
