@@ -67,6 +67,30 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
                         help="quick: CPU, seconds to a minute; full: GPU-sized (default quick)")
 
 
+def add_train_command(commands, run, *, help: str, data: Sequence[str], default: str = "swissroll"):
+    """The ``train`` command every trainer has: --data, --preset, --steps, --out and the common options.
+    Returns the parser, for a module's extra options."""
+    cmd = commands.add_parser("train", help=help)
+    cmd.add_argument("--data", choices=data, default=default)
+    add_preset(cmd)
+    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
+    cmd.add_argument("--out", required=True, help="checkpoint directory")
+    add_common(cmd)
+    cmd.set_defaults(run=run)
+    return cmd
+
+
+def add_sample_command(commands, run, *, help: str, n: int = 1000):
+    """The ``sample`` command: --ckpt, --n, --out (a .png) and the common options. Returns the parser."""
+    cmd = commands.add_parser("sample", help=help)
+    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+    cmd.add_argument("--n", type=positive_int, default=n, help="number of samples")
+    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
+    add_common(cmd)
+    cmd.set_defaults(run=run)
+    return cmd
+
+
 def main(papers: dict[str, str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` for ``PAPER COMMAND ...`` (``papers``: command -> module) and run it."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -229,26 +229,14 @@ def sample_from_checkpoint(ckpt, n: int, *, eps: float | None = None, steps_per_
 
 def add_commands(commands) -> None:
     """``python -m refimpl ncsn train|sample``."""
-    from refimpl.cli import add_common, add_preset, png_path, positive_float, positive_int
+    from refimpl.cli import add_sample_command, add_train_command, positive_float, positive_int
     from refimpl.data import TOY_2D
 
-    train_cmd = commands.add_parser("train", help="train a noise conditional score network; reruns resume")
-    train_cmd.add_argument("--data", choices=TOY_2D, default="swissroll")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = commands.add_parser("sample", help="annealed Langevin dynamics (Algorithm 1) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
+    add_train_command(commands, _run_train, help="train a noise conditional score network; reruns resume", data=TOY_2D)
+    sample_cmd = add_sample_command(commands, _run_sample, help="annealed Langevin dynamics (Algorithm 1) into a PNG")
     sample_cmd.add_argument("--steps-per-level", type=positive_int, help="Langevin steps per noise level, T "
                             f"(default {TOY['steps_per_level']})")
     sample_cmd.add_argument("--eps", type=positive_float, help=f"step size constant epsilon (default {TOY['eps']})")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
 
 
 def _run_train(args) -> int:

@@ -299,23 +299,12 @@ def bound_from_checkpoint(ckpt, n: int, *, seed: int = 0, device=None, disable: 
 
 def add_commands(commands) -> None:
     """``python -m refimpl nonequilibrium train|sample|bound``."""
-    from refimpl.cli import add_common, add_preset, png_path, positive_int
+    from refimpl.cli import add_common, add_sample_command, add_train_command, positive_int
     from refimpl.data import TOY_2D
 
-    train_cmd = commands.add_parser("train", help="train a diffusion probabilistic model on K (Eq. 14); reruns resume")
-    train_cmd.add_argument("--data", choices=TOY_2D, default="swissroll")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = commands.add_parser("sample", help="run the learned reverse diffusion (Eq. 5) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
+    add_train_command(commands, _run_train, help="train a diffusion probabilistic model on K (Eq. 14); reruns resume",
+                      data=TOY_2D)
+    add_sample_command(commands, _run_sample, help="run the learned reverse diffusion (Eq. 5) into a PNG")
 
     bound_cmd = commands.add_parser("bound", help="the log-likelihood bound K (Eq. 14) in bits on fresh data")
     bound_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")

@@ -502,27 +502,16 @@ def sample_from_checkpoint(ckpt, n: int, *, sampler: str = "em", steps: int = 10
 
 def add_commands(commands) -> None:
     """``python -m refimpl sde train|sample|likelihood``."""
-    from refimpl.cli import add_common, add_preset, png_path, positive_int
+    from refimpl.cli import add_common, add_sample_command, add_train_command, positive_int
     from refimpl.data import TOY_2D
 
-    train_cmd = commands.add_parser("train", help="train a score model by denoising score matching; reruns resume")
+    train_cmd = add_train_command(commands, _run_train, data=TOY_2D,
+                                  help="train a score model by denoising score matching; reruns resume")
     train_cmd.add_argument("--sde", choices=tuple(SDES), default="vp")
-    train_cmd.add_argument("--data", choices=TOY_2D, default="swissroll")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = commands.add_parser("sample", help="sample a trained score model into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+    sample_cmd = add_sample_command(commands, _run_sample, help="sample a trained score model into a PNG")
     sample_cmd.add_argument("--sampler", choices=tuple(SAMPLERS), default="em",
                             help="em: reverse SDE; pc: predictor-corrector; ode: probability flow (RK4)")
     sample_cmd.add_argument("--steps", type=positive_int, default=1000, help="steps from t = 1 to eps")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
 
     nll_cmd = commands.add_parser("likelihood", help="NLL of fresh data by the probability-flow ODE")
     nll_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
