@@ -4,7 +4,11 @@ Both networks are ``model(x_t, t) -> eps`` with the output shaped like ``x_t``, 
 ``out_dim`` (MLP) / ``out_channels`` (U-Net) asks for more outputs (improved DDPM's learned
 variance needs eps and v: twice the input's). Both take
 an optional ``cond_emb`` (shape ``(B, model.emb_dim)``) that is added to the time
-embedding, so a later paper (class guidance, CFG) can condition them without a new class.
+embedding, so a later paper (class guidance, CFG) can condition them without a new class;
+built with ``num_classes`` they also embed class labels ``y`` themselves, with one extra
+label, ``num_classes``, for "no class" (the null label of classifier-free guidance).
+:class:`EncoderNet` is the noise-aware image encoder (the U-Net's downsampling half, as in
+the classifiers of Dhariwal & Nichol 2021): ``encoder(x_t, t) -> (B, out_dim)``.
 :func:`model_config` / :func:`model_from_config` turn a model into JSON and back, which is
 how a checkpoint rebuilds its network.
 """
@@ -55,25 +59,55 @@ def _batch_t(t, x: torch.Tensor) -> torch.Tensor:
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
+class _Labels(nn.Module):
+    """Class-label embedding with a null label: ``y`` in 0..num_classes-1, or ``num_classes`` for no class."""
+
+    def __init__(self, num_classes: int | None, emb_dim: int):
+        super().__init__()
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                        or num_classes <= 0):
+            raise LineageError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+
+    def forward(self, emb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            return emb
+        if self.table is None:
+            raise LineageError("this model was built without num_classes: it takes no class labels")
+        return emb + self.table(torch.as_tensor(y, device=emb.device).expand(emb.shape[0]))
+
+
+def null_label(model: nn.Module) -> int:
+    """The label that means "no class" for a model built with ``num_classes`` (it is ``num_classes``)."""
+    if getattr(model, "labels", None) is None or model.labels.num_classes is None:
+        raise LineageError("this model was built without num_classes: it has no null label")
+    return model.labels.num_classes
+
+
 class MLPDenoiser(nn.Module):
     """eps_theta(x_t, t) for low-dimensional data: ``depth`` SiLU layers, time features added to each."""
 
     def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 32,
-                 out_dim: int | None = None):
+                 out_dim: int | None = None, num_classes: int | None = None):
         super().__init__()
         out_dim = _outputs(out_dim, data_dim, "out_dim")
         self.config = dict(data_dim=data_dim, hidden=hidden, depth=depth, time_dim=time_dim)
         if out_dim != data_dim:  # recorded only when it differs, so eps-only configs stay as they were
             self.config["out_dim"] = out_dim
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes
         self.time_dim, self.emb_dim = time_dim, hidden
+        self.labels = _Labels(num_classes, hidden)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(data_dim, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.out = nn.Linear(hidden, out_dim)
 
-    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.time_dim))
+    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.labels(self.time_mlp(timestep_embedding(_batch_t(t, x), self.time_dim)), y)
         if cond_emb is not None:
             emb = emb + cond_emb
         emb = F.silu(emb)
@@ -131,7 +165,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, base: int = 32, channel_mults=(1, 2), time_dim: int = 128,
-                 attention: bool = True, out_channels: int | None = None):
+                 attention: bool = True, out_channels: int | None = None, num_classes: int | None = None):
         super().__init__()
         mults = [int(m) for m in channel_mults]
         out_channels = _outputs(out_channels, in_channels, "out_channels")
@@ -139,7 +173,10 @@ class UNet(nn.Module):
                            attention=attention)
         if out_channels != in_channels:  # recorded only when it differs, so eps-only configs stay as they were
             self.config["out_channels"] = out_channels
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes
         self.base, self.emb_dim = base, time_dim
+        self.labels = _Labels(num_classes, time_dim)
         self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
         chans = [base * m for m in mults]
@@ -166,8 +203,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.base))
+    def forward(self, x: torch.Tensor, t, cond_emb: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.labels(self.time_mlp(timestep_embedding(_batch_t(t, x), self.base)), y)
         if cond_emb is not None:
             emb = emb + cond_emb
         h = self.conv_in(x)
@@ -185,12 +223,47 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class EncoderNet(nn.Module):
+    """A noise-aware image encoder ``(x_t, t) -> (B, out_dim)``: the U-Net's downsampling half (one ResBlock per
+    resolution, 2x downsampling between levels), a middle ResBlock, then GroupNorm, SiLU, a spatial mean and a
+    linear head. Dhariwal & Nichol (2021, Sec. 4) build their noisy classifier from the downsampling trunk of their
+    U-Net with attention pooling at 8x8; at our 8x8 input a plain mean over the 4x4 map does the pooling."""
+
+    def __init__(self, in_channels: int = 1, base: int = 32, channel_mults=(1, 2), time_dim: int = 128,
+                 out_dim: int = 10):
+        super().__init__()
+        mults = [int(m) for m in channel_mults]
+        out_dim = _outputs(out_dim, 1, "out_dim")
+        self.config = dict(in_channels=in_channels, base=base, channel_mults=mults, time_dim=time_dim,
+                           out_dim=out_dim)
+        self.base, self.emb_dim = base, time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        self.blocks, self.downsample = nn.ModuleList(), nn.ModuleList()
+        c = base
+        for i, m in enumerate(mults):
+            self.blocks.append(ResBlock(c, base * m, time_dim))
+            c = base * m
+            self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(mults) - 1 else nn.Identity())
+        self.mid = ResBlock(c, c, time_dim)
+        self.norm_out = _norm(c)
+        self.head = nn.Linear(c, out_dim)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(_batch_t(t, x), self.base))
+        h = self.conv_in(x)
+        for block, down in zip(self.blocks, self.downsample):
+            h = down(block(h, emb))
+        h = F.silu(self.norm_out(self.mid(h, emb)))
+        return self.head(h.mean(dim=(2, 3)))
+
+
 #: model kind (as written in a checkpoint's config) -> class
-MODEL_KINDS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiser, "unet": UNet}
+MODEL_KINDS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiser, "unet": UNet, "encoder": EncoderNet}
 
 
 def build_model(kind: str, **kwargs: Any) -> nn.Module:
-    """Construct a model of ``kind`` ("mlp" or "unet") with constructor ``kwargs``."""
+    """Construct a model of ``kind`` ("mlp", "unet" or "encoder") with constructor ``kwargs``."""
     if kind not in MODEL_KINDS:
         raise LineageError(f"unknown model kind {kind!r} (choose from {', '.join(MODEL_KINDS)})")
     try:

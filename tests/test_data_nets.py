@@ -7,8 +7,8 @@ import torch
 
 from refimpl.core import LineageError
 from refimpl.data import DATASETS, TOY_2D, digits, sampler, toy_2d
-from refimpl.nets import (MLPDenoiser, UNet, build_model, model_config, model_from_config,
-                          timestep_embedding)
+from refimpl.nets import (EncoderNet, MLPDenoiser, UNet, build_model, model_config, model_from_config,
+                          null_label, timestep_embedding)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -105,9 +105,47 @@ def test_unet_shapes_zero_init_and_size():
     assert UNet(channel_mults=(1, 2, 2), attention=False)(torch.randn(2, 1, 8, 8), 3).shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("make,shape", [(lambda: MLPDenoiser(hidden=16, depth=1, num_classes=3), (4, 2)),
+                                        (lambda: UNet(base=16, time_dim=32, num_classes=3), (4, 1, 8, 8))])
+def test_class_labels_and_the_null_label(make, shape):
+    model = make()
+    torch.nn.init.normal_(model.out.weight if isinstance(model, MLPDenoiser) else model.conv_out.weight, std=0.1)
+    x, t = torch.randn(shape), torch.tensor([1, 2, 3, 4])
+    assert null_label(model) == 3 and model_config(model)["num_classes"] == 3
+    outs = [model(x, t, y=torch.full((4,), k)) for k in range(4)]  # classes 0..2 and the null label 3
+    assert all(not torch.equal(a, b) for i, a in enumerate(outs) for b in outs[i + 1:])
+    assert torch.equal(model(x, t, y=torch.tensor(1)), outs[1])  # a 0-d label broadcasts over the batch
+    assert torch.equal(model(x, t, y=None), model(x, t))
+    with pytest.raises(LineageError, match="without num_classes"):
+        MLPDenoiser()(torch.randn(2, 2), 0, y=torch.tensor([0, 1]))
+    with pytest.raises(LineageError, match="without num_classes"):
+        null_label(UNet())
+    with pytest.raises(LineageError, match="num_classes must be a positive integer"):
+        UNet(num_classes=0)
+
+
+def test_unconditional_models_keep_their_parameters():
+    """A model built without num_classes has exactly the parameters it had before labels existed (old
+    checkpoints load with strict=True)."""
+    assert not any("labels" in name for name in MLPDenoiser().state_dict())
+    assert not any("labels" in name for name in UNet().state_dict())
+
+
+def test_encoder_depends_on_the_input_and_the_noise_level():
+    torch.manual_seed(0)
+    model = EncoderNet(base=16, time_dim=32, out_dim=5)
+    x = torch.randn(3, 1, 8, 8)
+    out = model(x, torch.tensor([0, 500, 999]))
+    assert out.shape == (3, 5)
+    assert not torch.equal(out, model(x, torch.tensor([1, 500, 999])))
+    assert not torch.equal(out, model(x.flip(-1), torch.tensor([0, 500, 999])))
+
+
 @pytest.mark.parametrize("kind,kwargs,shape", [
     ("mlp", dict(hidden=32, depth=2), (4, 2)),
     ("unet", dict(base=16, channel_mults=(1, 2), time_dim=32), (2, 1, 8, 8)),
+    ("unet", dict(base=16, time_dim=32, num_classes=10), (2, 1, 8, 8)),
+    ("encoder", dict(base=16, time_dim=32, out_dim=10), (2, 1, 8, 8)),
 ])
 def test_config_round_trip(kind, kwargs, shape):
     torch.manual_seed(0)
@@ -124,7 +162,7 @@ def test_config_round_trip(kind, kwargs, shape):
 
 
 def test_build_model_errors():
-    with pytest.raises(LineageError, match="unknown model kind 'gan'.*mlp, unet"):
+    with pytest.raises(LineageError, match="unknown model kind 'gan'.*mlp, unet, encoder"):
         build_model("gan")
     with pytest.raises(LineageError, match="bad arguments"):
         build_model("mlp", widht=3)
