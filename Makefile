@@ -9,6 +9,10 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 export NO_MKDOCS_2_WARNING := 1
+# MkDocs stamps the build date into sitemap.xml(.gz); pin it to the last commit so that a build is a
+# function of the sources (tests/test_links.py checks two builds are byte-identical).
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
 
 .PHONY: all setup serve build figures test clean
 
@@ -32,9 +36,11 @@ figures: $(VENV)/.installed
 	$(BIN)/python -m figures build
 
 # A fresh figure/model cache for every run, so the site build inside the tests starts clean.
+# --dist loadgroup: the tests marked xdist_group("site") share one worker and so one site build.
+# Reports (external links, browser screenshots) land in .cache/test/reports.
 test: $(VENV)/.installed
 	rm -rf .cache/test
-	LINEAGE_CACHE=$(CURDIR)/.cache/test $(BIN)/python -m pytest -n 2 --durations=15
+	LINEAGE_CACHE=$(CURDIR)/.cache/test $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf site .cache runs

@@ -69,11 +69,13 @@ def on_files(files, config):
 # The Markdown itself comes from figures.registry (generator-independent); the hook only
 # places it: the paper card after the H1 of a page whose front matter says `paper: <id>` (one card per id
 # of a list),
-# the bibliography at `<!-- lineage:bibliography -->`, and a generated Markdown output of a
-# figure script at `<!-- lineage:include NAME.md -->`.
+# the bibliography at `<!-- lineage:bibliography -->`, a generated Markdown output of a
+# figure script at `<!-- lineage:include NAME.md -->`, and at `<!-- lineage:repro-summary -->` every paper
+# page's included tables merged into one (figures.summary).
 
 _INCLUDE = re.compile(r"^<!-- lineage:include (\S+) -->$", re.MULTILINE)
 _BIBLIOGRAPHY = "<!-- lineage:bibliography -->"
+_SUMMARY = "<!-- lineage:repro-summary -->"
 _H1 = re.compile(r"^# .+$", re.MULTILINE)
 
 
@@ -90,7 +92,12 @@ def on_page_markdown(markdown, page, config, files):
             markdown = f"{markdown[:heading.end()]}\n\n{cards}\n{markdown[heading.end():]}"
         if _BIBLIOGRAPHY in markdown:
             markdown = markdown.replace(_BIBLIOGRAPHY, registry.bibliography(page_path=page.file.src_uri))
-    except registry.RegistryError as err:
+        if _SUMMARY in markdown:
+            from figures import summary
+
+            markdown = markdown.replace(_SUMMARY, summary.summary_table(figure_output,
+                                                                        Path(config["docs_dir"])))
+    except (registry.RegistryError, ValueError) as err:
         raise PluginError(f"{page.file.src_uri}: {err}") from None
     return _INCLUDE.sub(lambda m: figure_output(m.group(1)).read_text(encoding="utf-8"), markdown)
 

@@ -13,6 +13,9 @@ PAPERS: dict[str, str] = {
     "ddim": "refimpl.ddim",
     "iddpm": "refimpl.iddpm",
     "solvers": "refimpl.solvers",
+    "adm": "refimpl.adm",
+    "cfg": "refimpl.cfg",
+    "glide": "refimpl.glide",
 }
 
 

@@ -45,6 +45,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A number >= 0 (a guidance scale); NaN is refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def digit(text: str) -> int:
+    """A digit class 0-9 (the labels of scikit-learn's digits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a digit class 0-9, got {text!r}") from None
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"expected a digit class 0-9, got {value}")
+    return value
+
+
 def png_path(text: str) -> Path:
     """An output picture: a .png path whose directory exists."""
     path = Path(text)

@@ -1,8 +1,18 @@
 """Shared test setup: quiet progress bars, one torch thread per xdist worker (and per subprocess it
-starts: OMP_NUM_THREADS is inherited), the repo on sys.path."""
+starts: OMP_NUM_THREADS is inherited), the repo on sys.path.
+
+The built site (``site``) is one strict build per test session; every test that uses it is marked
+``pytest.mark.xdist_group("site")`` and ``make test`` runs ``pytest -n 2 --dist loadgroup``, so all of
+them run on one worker and the site is built once. Set ``LINEAGE_SITE=DIR`` to test an already built
+tree instead (it must have been built from this checkout with the same ``SOURCE_DATE_EPOCH``, see
+``build_site``); the default, and CI, builds. Reports the site tests write (external links, browser
+screenshots) go to ``reports_dir``: ``$LINEAGE_CACHE/reports`` (default ``.cache/lineage/reports``).
+"""
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +51,60 @@ def s32():
     from refimpl.schedules import make_schedule
 
     return make_schedule("linear", 1000)
+
+
+def source_date_epoch() -> str:
+    """The build date MkDocs stamps into sitemap.xml(.gz) (it honours SOURCE_DATE_EPOCH): the environment's,
+    else the time of the last commit (what `make build` uses), else 0 outside a git checkout."""
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        return os.environ["SOURCE_DATE_EPOCH"]
+    result = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "0"
+
+
+@pytest.fixture(scope="session")
+def build_site():
+    """``build_site(site_dir) -> seconds``: a strict ``mkdocs build`` of this checkout into ``site_dir``
+    (figures from the LINEAGE_CACHE figure cache), failing on any WARNING line."""
+
+    def build(site_dir: Path) -> float:
+        env = dict(os.environ, NO_MKDOCS_2_WARNING="1", SOURCE_DATE_EPOCH=source_date_epoch())
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, result.stderr[-4000:]
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+        assert warnings == [], warnings
+        return time.perf_counter() - start
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def site(build_site, tmp_path_factory) -> Path:
+    """The built site: ``$LINEAGE_SITE`` if set, else one strict build per session (per xdist worker: keep
+    its users in ``xdist_group("site")``)."""
+    if os.environ.get("LINEAGE_SITE"):
+        site_dir = Path(os.environ["LINEAGE_SITE"]).resolve()
+        assert (site_dir / "index.html").is_file(), f"LINEAGE_SITE={site_dir} holds no built site"
+        return site_dir
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' basetemps share a parent: one claim per run
+        claim = tmp_path_factory.getbasetemp().parent / "site-build-claimed"
+        try:
+            claim.open("x").close()
+        except FileExistsError:
+            pytest.fail("a second xdist worker would build the site: run with --dist loadgroup (and see the "
+                        "pytest pin in pyproject.toml: pytest-xdist#1386)")
+    site_dir = tmp_path_factory.mktemp("site")
+    build_site(site_dir)
+    return site_dir
+
+
+@pytest.fixture(scope="session")
+def reports_dir() -> Path:
+    """Where site tests write what a person reads (link report, screenshots): ``<figure cache>/reports``."""
+    from figures.builder import default_cache, default_root
+
+    path = default_cache(default_root()) / "reports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,7 +1,7 @@
 """Every command shown on a page runs (verification ladder, rung 4).
 
 Commands are the lines of ```bash blocks in docs/. They run in quick mode: `--preset full`
-becomes `--preset quick`. A train command whose quick-mode arguments equal those of one that
+becomes `--preset quick`. A train command (train, train-clip, ...) whose quick-mode arguments equal those of one that
 already ran in this test session (on any page, in any xdist worker) but for --out starts from a
 copy of that run's finished checkpoint, so the command itself runs and resumes instead of training
 the same quick model again; everything else runs as is. The shared runs live in the session's
@@ -91,7 +91,7 @@ def test_every_command_on_the_page_runs(page, tmp_path, shared_runs):
     for command in page_commands(page):
         argv = quick(shlex.split(command))
         assert argv[:3] == ["python", "-m", "refimpl"], f"{page.name}: not a refimpl command: {command}"
-        if argv[4:5] == ["train"]:
+        if argv[4].startswith("train"):  # train, train-clip, ...: the shared-run logic applies to every trainer
             run_train(argv, tmp_path, page, command, shared_runs)
         else:
             run(argv, tmp_path, page, command)

@@ -5,10 +5,7 @@ directory, so every figure is regenerated (trained models are shared with the le
 """
 
 import html
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +13,7 @@ import pytest
 from figures.registry import declared_papers, front_matter, load
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    site_dir = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-4000:]
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
-    assert warnings == [], warnings
-    return site_dir
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("site")]  # one build: see conftest.site
 
 
 def pages() -> list[Path]:

@@ -1,0 +1,143 @@
+"""The LLM evolution tree (docs/llm/models.yml -> figures/llm_tree.py): the data obey their rules,
+each rule is enforced with one clear line naming the entry and the field, and the figure script
+writes an SVG with every model's name and a table with one row per model."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+
+import pytest
+import yaml
+
+from figures import llm_models, llm_tree, registry
+from figures.llm_models import BRANCHES, WEIGHTS, ModelsError
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registry.load()
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load(llm_models.DEFAULT_PATH.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def models(reg):
+    return llm_models.load(registry=reg)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm_tree")
+    llm_tree.make(out, "quick")
+    return out
+
+
+def test_data_obey_the_rules(models, raw, reg):
+    """Checked here directly on the data, independently of the loader's own checks."""
+    assert len(models) == len(raw) >= 30
+    assert len({m["id"] for m in raw}) == len(raw) and len({m["name"] for m in raw}) == len(raw)
+    this_year = dt.date.today().year
+    for m in models.values():
+        assert 2017 <= m.year <= this_year and m.branch in BRANCHES and m.weights in WEIGHTS, m.id
+        for pid in m.parents:
+            p = models[pid]
+            assert (p.year, p.month or 0) <= (m.year, m.month or 12), f"{pid} -> {m.id}"
+        if m.registry:
+            assert reg[m.registry].arxiv == m.arxiv, m.id
+    registry_arxiv = {p.arxiv: p.id for p in reg.values() if p.arxiv}
+    for m in models.values():
+        if m.arxiv in registry_arxiv:
+            assert m.registry == registry_arxiv[m.arxiv], m.id
+    # every branch is represented, and the registry's LLM papers that are models are all here
+    assert {m.branch for m in models.values()} == set(BRANCHES)
+    assert {m.registry for m in models.values() if m.registry} == {"bert", "gpt1", "gpt2", "t5", "gpt3"}
+
+
+def test_arxiv_month_rule(models):
+    """Rule tested: an arXiv number's YYMM is 0 to 6 months after the model's year/month (the paper
+    can follow a release of weights or a product, never precede the model's first appearance). Up to
+    Llama 2 the models are dated by their papers (gap 0); the later ones by their releases."""
+    gaps = {m.id: llm_models.arxiv_lag_months(m.arxiv, m.year, m.month)
+            for m in models.values() if m.arxiv and m.month}
+    assert gaps and all(0 <= g <= llm_models.MAX_PAPER_LAG_MONTHS for g in gaps.values()), gaps
+    assert all(g == 0 for k, g in gaps.items() if models[k].year * 12 + models[k].month <= 2023 * 12 + 7), gaps
+
+
+def _entry(raw, model_id):
+    return next(i for i, m in enumerate(raw) if m["id"] == model_id)
+
+
+BAD = [
+    # (description, mutation, expected fragment of the one-line message)
+    ("duplicate id", lambda d: d.append(dict(d[_entry(d, "bert")], name="BERT 2")), "bert.id: duplicate id"),
+    ("duplicate name", lambda d: d.append(dict(d[_entry(d, "bert")], id="bert2", arxiv=None, registry=None)),
+     "bert2.name: duplicate name"),
+    ("unknown parent", lambda d: d[_entry(d, "roberta")].update(parents=["elmo"]), "roberta.parents: no model"),
+    ("parent later", lambda d: d[_entry(d, "bert")].update(parents=["roberta"]), "bert.parents: roberta"),
+    ("year too early", lambda d: d[_entry(d, "gpt1")].update(year=2016), "gpt1.year"),
+    ("year in the future", lambda d: d[_entry(d, "llama2")].update(year=dt.date.today().year + 1), "llama2.year"),
+    ("bad branch", lambda d: d[_entry(d, "t5")].update(branch="seq2seq"), "t5.branch"),
+    ("bad weights", lambda d: d[_entry(d, "opt")].update(weights="yes"), "opt.weights"),
+    ("unquoted arXiv id", lambda d: d[_entry(d, "opt")].update(arxiv=2205.01068), "opt.arxiv: not a new-style"),
+    ("old-style arXiv id", lambda d: d[_entry(d, "opt")].update(arxiv="cs/0101001"), "opt.arxiv: not a new-style"),
+    ("paper before the model", lambda d: d[_entry(d, "opt")].update(month=6), "opt.arxiv: 2205.01068 is not 0..6"),
+    ("paper far after", lambda d: d[_entry(d, "opt")].update(year=2021, month=10), "opt.arxiv"),
+    ("registry arXiv mismatch", lambda d: d[_entry(d, "t5")].update(arxiv="1910.10684"), "t5.arxiv: '1910.10684' differs"),
+    ("registry date mismatch", lambda d: d[_entry(d, "gpt2")].update(month=3), "gpt2.month"),
+    ("unknown registry id", lambda d: d[_entry(d, "opt")].update(registry="opt"), "opt.registry: no entry"),
+    ("registry paper not claimed", lambda d: d[_entry(d, "gpt3")].update(registry=None), "gpt3.registry: arXiv 2005.14165"),
+    ("missing key", lambda d: d[_entry(d, "opt")].pop("weights"), "opt: missing key(s) ['weights']"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_data_gives_one_line_naming_entry_and_field(raw, reg, what, mutate, message):
+    data = copy.deepcopy(raw)
+    mutate(data)
+    with pytest.raises(ModelsError) as info:
+        llm_models.parse(data, registry=reg, source="models.yml")
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("models.yml: ") and message in text, text
+
+
+def test_figure_and_table(built, models):
+    svg = (built / "llm_tree.svg").read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    missing = [m.name for m in models.values() if f">{m.name}<" not in svg]
+    assert not missing, f"names not in the SVG: {missing}"
+    rows = [line for line in (built / "llm_models_table.md").read_text(encoding="utf-8").splitlines()[2:]
+            if line.startswith("| ")]
+    assert sorted(r.split(" | ")[0][2:] for r in rows) == sorted(m.name for m in models.values())
+    assert "arxiv.org" not in "\n".join(rows)  # arXiv links on the site are registry entries only
+
+
+def test_layout_refuses_a_crowded_branch(models):
+    """Two models in the same month cannot share a lane: with only one lane, layout() refuses."""
+    crowded = {k: models[k] for k in ("gopher", "glam")}
+    old = llm_tree.COLUMNS["decoder-only"]
+    llm_tree.COLUMNS["decoder-only"] = (old[0], 1, *old[2:])
+    try:
+        with pytest.raises(ValueError, match="no free lane for"):
+            llm_tree.layout(crowded)
+    finally:
+        llm_tree.COLUMNS["decoder-only"] = old
+
+
+def test_overlap_check_sees_a_label_on_a_marker():
+    """draw() refuses overlapping labels through overlaps(); it must see a label drawn over another
+    model's marker (the case that BloombergGPT and GPT-4 once hit) and nothing when they are apart."""
+    from refimpl.plots import subplots
+
+    fig, ax = subplots(figsize=(3, 2))
+    ax.set(xlim=(0, 10), ylim=(0, 10))
+    labels = [ax.text(1, 5, "BloombergGPT", va="center"), ax.text(8.5, 1, "GPT-4", va="center")]
+    markers = ax.plot(0.8, 5, "s") + ax.plot(2.0, 5, "s")  # the second marker sits under the first label
+    fig.canvas.draw()
+    assert llm_tree.overlaps(labels, markers) == [("BloombergGPT", "GPT-4")]
+    markers[1].set_data([8.3], [1])
+    fig.canvas.draw()
+    assert llm_tree.overlaps(labels, markers) == []
