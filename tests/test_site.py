@@ -106,3 +106,20 @@ def test_search_index_segments_chinese(site):
     docs = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))["docs"]
     ddpm = " ".join(d["text"] for d in docs if d["location"].startswith("diffusion/ddpm/"))
     assert "扩散\u200b" in ddpm or "\u200b扩散" in ddpm
+
+
+def test_reproduction_summary_links_every_reproduction_table(site):
+    """The 复现总表 holds at least one row per table that a paper page includes in its 复现 section, each row
+    linking back to that page (figures/summary.py; the row mapping itself is unit-tested in test_summary.py)."""
+    from figures.summary import reproduction_includes
+
+    summary = html_of(site, ROOT / "docs/reproduction.md")
+    rows = re.findall(r"<tr>(.*?)</tr>", summary, re.DOTALL)[1:]  # without the header row
+    expected = 0
+    for page in pages():
+        text = page.read_text(encoding="utf-8")
+        if declared_papers(front_matter(text)) and reproduction_includes(text):
+            expected += len(reproduction_includes(text))
+            href = page.relative_to(ROOT / "docs").with_suffix("").as_posix() + "/"
+            assert any(f'href="../{href}"' in row for row in rows), page
+    assert expected >= 9 and len(rows) >= expected, (len(rows), expected)
