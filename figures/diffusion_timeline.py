@@ -30,17 +30,22 @@ def make(out: Path, preset: str) -> None:
                 ax.annotate("", xy=(x, y), xytext=(px, py),
                             arrowprops={"arrowstyle": "->", "color": "0.75", "lw": 0.8,
                                         "shrinkA": 4, "shrinkB": 4})
-    last_in_lane: dict[int, tuple[float, int]] = {}  # lane -> (x, label side) of its previous paper
+    # Labels of papers that lie close in time within a lane take turns over four slots (above, below, further
+    # above, to the right: further below would reach the next lane's labels), so four neighbours stay apart.
+    slots = ((0, 9, "center", "bottom"), (0, -9, "center", "top"), (0, 20, "center", "bottom"),
+             (7, 0, "left", "center"))
+    last_in_lane: dict[int, tuple[float, int]] = {}  # lane -> (x, slot index) of its previous paper
     for row in rows:
         x, y = where[row["id"]]
         ax.plot(x, y, "o", color=f"C{LANES.index(row['branch'])}", ms=7, zorder=3)
         previous = last_in_lane.get(y)
-        side = -previous[1] if previous and x - previous[0] < 300 else 1  # close neighbours: alternate sides
-        last_in_lane[y] = (x, side)
-        ax.annotate(row["short"], (x, y), xytext=(0, 9 * side), textcoords="offset points",
-                    ha="center", va="bottom" if side > 0 else "top", fontsize=8, zorder=4)
+        slot = (previous[1] + 1) % len(slots) if previous and x - previous[0] < 300 else 0
+        last_in_lane[y] = (x, slot)
+        dx, dy, ha, va = slots[slot]
+        ax.annotate(row["short"], (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
+                    zorder=4)
     ax.set_yticks(range(len(LANES)), [LANE_NAMES[lane] for lane in LANES])
-    ax.set_ylim(len(LANES) - 0.4, -0.6)
+    ax.set_ylim(len(LANES) - 0.3, -0.75)
     ax.xaxis.set_major_locator(mdates.YearLocator())
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
     ax.grid(axis="x", alpha=0.3)
