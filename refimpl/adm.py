@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from refimpl.core import LineageError, gaussian_like, progress
-from refimpl.ddpm import Model, predict_x0, q_sample, reverse_step, reverse_variance
+from refimpl.core import LineageError
+from refimpl.ddpm import Model, ddpm_sample, q_sample
 from refimpl.guidance import classifier_guided_eps, classifier_guided_mean
 from refimpl.schedules import Schedule, gather, make_schedule
 
@@ -97,32 +97,20 @@ def classifier_grad_fn(classifier: torch.nn.Module, y) -> GradFn:
 
 
 # --8<-- [start:algorithm_1]
-@torch.no_grad()
 def guided_ddpm_sample(model: Model, grad_log_py: GradFn, x_T: torch.Tensor, schedule: Schedule, *,
                        scale: float = 1.0, variance: str = "fixed_small", generator: torch.Generator | None = None,
                        callback=None, disable: bool = False) -> torch.Tensor:
     """ADM Algorithm 1: DDPM ancestral sampling (DDPM Algorithm 2) with every reverse step's mean shifted,
     x_{t-1} ~ N(mu + s Sigma g, Sigma), g = grad_log_py(x_t, t), Sigma = sigma_t^2 I of ``variance``.
 
-    The loop is refimpl.ddpm.ddpm_sample's (same noise draws from ``generator``, so scale 0 reproduces it bit for
-    bit) plus the shift: reverse_step returns mu + sigma_t z, and adding s Sigma g to it is the same draw. At the
-    last step (code t = 0, no noise) the shift is s beta_tilde_1 g = 0 for "fixed_small". ``callback(t, x, x0_pred)``
-    gets the unguided x_0 prediction (DDPM Eq. 15)."""
-    reverse_variance(0, schedule, variance)  # reject a bad name before the first model call
-    schedule = schedule.to(x_T.device)
-    x = x_T
-    for t in progress(range(schedule.T - 1, -1, -1), total=schedule.T, desc="ADM Alg. 1", disable=disable):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = model(x, t_batch)
-        noise = gaussian_like(x, generator) if t > 0 else None
-        x_prev = reverse_step(x, t, eps, schedule, noise, variance)
-        if scale != 0:
-            x_prev = classifier_guided_mean(x_prev, reverse_variance(t, schedule, variance), grad_log_py(x, t_batch),
-                                            scale)
-        if callback is not None:
-            callback(t, x_prev, predict_x0(x, t_batch, eps, schedule))
-        x = x_prev
-    return x
+    This is refimpl.ddpm.ddpm_sample with a ``mean_shift`` (same noise draws from ``generator``, so scale 0
+    reproduces it bit for bit). At the last step (code t = 0, no noise) the shift is s beta_tilde_1 g = 0 for
+    "fixed_small". ``callback(t, x, x0_pred)`` gets the unguided x_0 prediction (DDPM Eq. 15)."""
+    def shift(x_t: torch.Tensor, t: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+        return classifier_guided_mean(torch.zeros_like(x_t), sigma2, grad_log_py(x_t, t), scale)
+
+    return ddpm_sample(model, x_T, schedule, variance=variance, generator=generator, callback=callback,
+                       disable=disable, mean_shift=shift if scale != 0 else None)
 # --8<-- [end:algorithm_1]
 
 

@@ -110,13 +110,16 @@ def ddpm_step(model: Model, x_t: torch.Tensor, t: int, schedule: Schedule,
 # --8<-- [start:ddpm_sample]
 @torch.no_grad()
 def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance: str = "fixed_small",
-                generator: torch.Generator | None = None, callback=None, disable: bool = False) -> torch.Tensor:
+                generator: torch.Generator | None = None, callback=None, disable: bool = False,
+                mean_shift=None) -> torch.Tensor:
     """DDPM Algorithm 2: ancestral sampling from x_T through all T reverse steps to x_0.
 
     The noise z for each step with t > 0 is drawn from ``generator`` (on its own device, then
     moved to x_T's device) in x_T's dtype, one draw of x_T's shape per step, the order in which
     diffusers' DDPMScheduler.step draws it. ``callback(t, x, x0_pred)`` is called after each
-    step with the new sample and the x_0 predicted at step t (Eq. 15).
+    step with the new sample and the x_0 predicted at step t (Eq. 15). ``mean_shift(x_t, t_batch, sigma2)``, if
+    given, is added to every step's mean (guided sampling: refimpl.adm's Algorithm 1); since the noise is
+    additive, adding it to the drawn sample is the same draw.
     """
     reverse_variance(0, schedule, variance)  # reject a bad name before the first model call
     schedule = schedule.to(x_T.device)
@@ -128,6 +131,8 @@ def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance
         if t > 0:
             noise = gaussian_like(x, generator)
         x_prev = reverse_step(x, t, eps, schedule, noise, variance)
+        if mean_shift is not None:
+            x_prev = x_prev + mean_shift(x, t_batch, reverse_variance(t, schedule, variance))
         if callback is not None:
             callback(t, x_prev, predict_x0(x, t_batch, eps, schedule))
         x = x_prev
