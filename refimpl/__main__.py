@@ -16,6 +16,11 @@ PAPERS: dict[str, str] = {
     "adm": "refimpl.adm",
     "cfg": "refimpl.cfg",
     "glide": "refimpl.glide",
+    "clip": "refimpl.clip",
+    "ldm": "refimpl.ldm",
+    "gpt": "refimpl.gpt",
+    "bert": "refimpl.bert",
+    "t5": "refimpl.t5",
 }
 
 

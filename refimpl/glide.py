@@ -6,15 +6,15 @@ Models" (ICML 2022), arXiv 2112.10741, at toy scale: 8x8 digits with captions fr
   feeds all token embeddings to every attention layer of the U-Net; this toy skips that second path.
 - Classifier-free guidance with text (Sec. 2.3, fine-tuning in Sec. 4.2): during training 20% of the captions are
   replaced by the empty sequence; sampling uses eps(x_t | empty) + s (eps(x_t | c) - eps(x_t | empty)).
-- Noised CLIP guidance (Secs. 2.4, 4.4): a CLIP model whose image encoder f(x_t, t) sees noised images, trained
-  with CLIP's symmetric contrastive loss; the reverse-process mean is shifted to mu + s Sigma grad_x (f(x_t) . g(c)).
+- Noised CLIP guidance (Secs. 2.4, 4.4): refimpl.clip.CLIP (the same model and symmetric contrastive loss) trained
+  on noised images, its image encoder f(x_t, t) told the timestep; the reverse-process mean is shifted to
+  mu + s Sigma grad_x (f(x_t) . g(c)).
 
 Timesteps are 0-indexed in code like refimpl.ddpm (code t = paper t - 1); a model is ``model(x_t, t) -> eps``.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl.adm import guided_ddpm_sample
+from refimpl.clip import CLIP, contrastive_loss
 from refimpl.core import LineageError
 from refimpl.ddpm import Model
 from refimpl.guidance import cfg_eps, classifier_guided_eps
@@ -111,41 +112,7 @@ class TextConditionalUNet(nn.Module):
 
 
 # --8<-- [start:clip]
-class NoisedCLIP(nn.Module):
-    """GLIDE Sec. 4.4: CLIP with a noise-aware image encoder f(x_t, t) (refimpl.nets.EncoderNet) and a caption
-    encoder g(c) (final token of a TransformerStack, projected); both embeddings L2-normalised (CLIP), logits
-    scaled by exp(logit_scale), a learned temperature initialised to 1 / 0.07 as in CLIP."""
-
-    def __init__(self, image: dict, text: dict, dim: int):
-        super().__init__()
-        from refimpl.nets import model_from_config
-
-        self.config = {"image": image, "text": text, "dim": dim}
-        self.image = model_from_config({**image, "out_dim": dim})
-        self.text = TransformerStack(**text)
-        self.text_proj = nn.Linear(text["width"], dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def image_features(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        return F.normalize(self.image(x_t, t), dim=-1)
-
-    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens.to(self.logit_scale.device)
-        return F.normalize(self.text_proj(_text_features(self.text, tokens)), dim=-1)
-
-    def forward(self, x_t: torch.Tensor, t, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, B): exp(logit_scale) f(x_i) . g(c_j) for every image i and caption j."""
-        return self.logit_scale.exp() * self.image_features(x_t, t) @ self.text_features(tokens).T
-
-
-def clip_loss(logits: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric contrastive loss: mean of the cross-entropies over rows (image -> caption) and columns
-    (caption -> image), the matching pairs on the diagonal. Uniform logits give exactly log B."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
-def clip_grad(clip: NoisedCLIP, x_t: torch.Tensor, t, text_features: torch.Tensor) -> torch.Tensor:
+def clip_grad(clip: CLIP, x_t: torch.Tensor, t, text_features: torch.Tensor) -> torch.Tensor:
     """GLIDE Sec. 2.4: grad_x (f(x_t, t) . g(c)) for each row of x_t, g(c) = ``text_features`` (B, dim) or (dim,)."""
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
@@ -154,7 +121,7 @@ def clip_grad(clip: NoisedCLIP, x_t: torch.Tensor, t, text_features: torch.Tenso
 
 
 @torch.no_grad()
-def zero_shot_accuracy(clip: NoisedCLIP, schedule: Schedule, images: torch.Tensor, labels: torch.Tensor, t: int,
+def zero_shot_accuracy(clip: CLIP, schedule: Schedule, images: torch.Tensor, labels: torch.Tensor, t: int,
                        generator: torch.Generator | None = None) -> float:
     """CLIP's zero-shot classification (Radford et al. 2021) of x_t ~ q(x_t | x_0) at code timestep ``t``: the
     predicted digit is the k whose caption "the digit k" has the highest f(x_t, t) . g(c). Returns the accuracy."""
@@ -182,7 +149,7 @@ def cfg_model(model: TextConditionalUNet, tokens: torch.Tensor, guidance_scale: 
     return guided
 
 
-def clip_guided_model(model: TextConditionalUNet, clip: NoisedCLIP, tokens: torch.Tensor, scale: float,
+def clip_guided_model(model: TextConditionalUNet, clip: CLIP, tokens: torch.Tensor, scale: float,
                       schedule: Schedule) -> Model:
     """CLIP guidance for DDIM: ADM Algorithm 2 with grad log p(y | x_t) replaced by grad_x (f(x_t, t) . g(c)):
     eps_hat = eps(x_t | c) - sqrt(1 - alpha_bar_t) s grad_x (f(x_t, t) . g(c))."""
@@ -197,7 +164,7 @@ def clip_guided_model(model: TextConditionalUNet, clip: NoisedCLIP, tokens: torc
 
 
 @torch.no_grad()
-def clip_guided_ancestral(model: TextConditionalUNet, clip: NoisedCLIP, tokens: torch.Tensor, x_T: torch.Tensor,
+def clip_guided_ancestral(model: TextConditionalUNet, clip: CLIP, tokens: torch.Tensor, x_T: torch.Tensor,
                           schedule: Schedule, scale: float, *, generator: torch.Generator | None = None,
                           disable: bool = False) -> torch.Tensor:
     """GLIDE Sec. 2.4 with DDPM ancestral steps: x_{t-1} ~ N(mu + s Sigma grad_x (f(x_t, t) . g(c)), Sigma),
@@ -215,7 +182,7 @@ SAMPLERS = ("ddim", "ddpm")
 
 @torch.no_grad()
 def sample(model: TextConditionalUNet, texts: list[str], schedule: Schedule, *, guidance: str = "cfg",
-           scale: float = 3.0, clip: NoisedCLIP | None = None, sampler: str = "ddim", steps: int = 50,
+           scale: float = 3.0, clip: CLIP | None = None, sampler: str = "ddim", steps: int = 50,
            seed: int = 0, device=None, disable: bool = True) -> torch.Tensor:
     """One sample per caption in ``texts``, guided by ``guidance`` ("cfg": scale s >= 0, s = 1 is the plain
     conditional model; "clip": scale s >= 0, s = 0 is the conditional model) with DDIM (eta = 0, ``steps``
@@ -325,7 +292,7 @@ def train_clip(config: dict, out=None, *, device=None, resume: bool = True, prog
     from refimpl.ddpm import q_sample
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
-    clip = _build(NoisedCLIP, config)
+    clip = _build(CLIP, config)
     batch = sampler("digits", labels=True)
 
     def loss_fn(clip, generator):
@@ -334,19 +301,19 @@ def train_clip(config: dict, out=None, *, device=None, resume: bool = True, prog
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
         x0, t, eps = x0.to(schedule.device), t.to(schedule.device), eps.to(schedule.device)
-        return clip_loss(clip(q_sample(x0, t, eps, schedule), t, tokens))
+        return contrastive_loss(clip(q_sample(x0, t, eps, schedule), tokens, t))
 
     return clip, _fit(clip, loss_fn, config, out, "glide-clip", device, resume, progress)
 # --8<-- [end:train]
 
 
 def load(ckpt, kind: str = "glide") -> tuple[nn.Module, Schedule]:
-    """Rebuild a checkpoint's model ("glide": TextConditionalUNet, "glide-clip": NoisedCLIP) from its recorded
+    """Rebuild a checkpoint's model ("glide": TextConditionalUNet, "glide-clip": CLIP) from its recorded
     config (refimpl.training.fit records config["model"] as given for these), on CPU in eval mode."""
     from refimpl import checkpoint
 
     ckpt_data = checkpoint.load(ckpt, expect_model=kind)
-    cls = TextConditionalUNet if kind == "glide" else NoisedCLIP
+    cls = TextConditionalUNet if kind == "glide" else CLIP
     try:
         model = cls(**ckpt_data.config["model"])
         model.load_state_dict(ckpt_data.model_state, strict=True)

@@ -1,15 +1,27 @@
-"""A minimal Transformer: Vaswani et al., "Attention Is All You Need" (2017), arXiv 1706.03762, in the pre-LN layout.
+"""A minimal Transformer: Vaswani et al., "Attention Is All You Need" (2017), arXiv 1706.03762, and the block
+variants of its three descendants (GPT-2, BERT, T5), so that one block serves every model in the project.
 
 Multi-head scaled dot-product attention (Sec. 3.2.1, Eq. 1: softmax(Q K^T / sqrt(d_k)) V; Sec. 3.2.2: h heads
-of width d_k = width / h, concatenated and projected), a position-wise MLP (Sec. 3.3, here with GELU and a 4x
-hidden width), residual connections and learned position embeddings. The paper normalises after each residual
-(post-LN: LN(x + sublayer(x))); we use the pre-LN order of GPT-2 and of the GLIDE/CLIP text encoders,
-x + sublayer(LN(x)), with a final LayerNorm after the last block.
+of width d_k = width / h, concatenated and projected), a position-wise MLP (Sec. 3.3), residual connections.
+A :class:`Block` is configured by four switches, each the choice one of the descendants made:
+
+====================  =====================  ========================  ============================
+switch                GPT-2 / GLIDE / CLIP   BERT (= the 2017 paper)   T5
+====================  =====================  ========================  ============================
+``prenorm``           True: x + f(LN(x))     False: LN(x + f(x))       True
+``norm``              "layer"                "layer"                   "rms" (scale only, no mean)
+``bias``              True                   True                      False (no bias anywhere)
+``scale``             True: 1/sqrt(d_k)      True                      False (folded into the init)
+activation            GELU                   GELU (paper: ReLU)        ReLU
+====================  =====================  ========================  ============================
 
 Masks: ``causal=True`` lets position i attend only to positions j <= i (the decoder's masking, Sec. 3.2.3);
-``key_padding_mask`` (B, L) bool, True at padding, removes padded positions as keys, so they cannot change
+``key_padding_mask`` (B, L_k) bool, True at padding, removes padded positions as keys, so they cannot change
 the other positions' outputs. Every query must keep at least one key (a sequence of padding only, with no
-start token, has none: its attention weights would be 0/0).
+start token, has none: its attention weights would be 0/0). ``position_bias`` is added to the scores before
+the softmax (T5's relative position bias, shape (1 or B, heads, L_q, L_k)). ``context`` (B, L_k, width) turns
+self-attention into cross-attention: queries from ``x``, keys and values from ``context`` (the encoder-decoder
+attention of Sec. 3.2.3).
 """
 
 from __future__ import annotations
@@ -23,54 +35,107 @@ from refimpl.core import LineageError
 
 
 # --8<-- [start:attention]
-class MultiHeadAttention(nn.Module):
-    """Vaswani et al. Sec. 3.2: ``heads`` parallel scaled dot-product attentions (Eq. 1) of width
-    d_k = width / heads over (B, L, width) inputs, concatenated and projected back to ``width``."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, blocked: torch.Tensor | None = None,
+              bias: torch.Tensor | None = None, scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (1) on (B, heads, L, d_k) tensors: ``softmax(Q K^T / sqrt(d_k) + bias)`` with blocked pairs at -inf,
+    times V. Returns the output and the attention weights (B, heads, L_q, L_k)."""
+    scores = q @ k.transpose(-1, -2)
+    if scale:
+        scores = scores / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
 
-    def __init__(self, width: int, heads: int):
+
+class MultiHeadAttention(nn.Module):
+    """Vaswani et al. Sec. 3.2: ``heads`` parallel attentions (Eq. 1) of width d_k = width / heads,
+    concatenated and projected back to ``width``; self-attention, or cross-attention with ``context``."""
+
+    def __init__(self, width: int, heads: int, *, bias: bool = True, scale: bool = True):
         super().__init__()
         if width % heads:
             raise LineageError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
+        self.heads, self.scale = heads, scale
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width, bias=bias) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, *, causal: bool = False,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, width = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(width // self.heads)  # (B, heads, L, L)
-        blocked = torch.zeros(n, n, dtype=torch.bool, device=x.device)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, causal: bool = False,
+                key_padding_mask: torch.Tensor | None = None, position_bias: torch.Tensor | None = None,
+                need_weights: bool = False):
+        context = x if context is None else context
+        (b, n, width), m = x.shape, context.shape[1]
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, width) -> (B, heads, L, d_k)
+            return t.reshape(b, t.shape[1], self.heads, width // self.heads).transpose(1, 2)
+
+        blocked = torch.zeros(n, m, dtype=torch.bool, device=x.device)
         if causal:
             blocked = torch.ones_like(blocked).triu(1)  # query i may not see key j > i
         if key_padding_mask is not None:
             blocked = blocked | key_padding_mask[:, None, None, :].to(x.device)
-        weights = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, n, width))
+        out, weights = attention(split(self.q(x)), split(self.k(context)), split(self.v(context)),
+                                 blocked=blocked, bias=position_bias, scale=self.scale)
+        out = self.out(out.transpose(1, 2).reshape(b, n, width))
+        return (out, weights) if need_weights else out
 # --8<-- [end:attention]
+
+
+def make_norm(kind: str, width: int, eps: float) -> nn.Module:
+    """``"layer"``: LayerNorm (Ba et al. 2016), ``"rms"``: RMSNorm (Zhang & Sennrich 2019; T5's layer norm:
+    x / sqrt(mean(x^2) + eps) * weight, no mean subtraction, no bias)."""
+    if kind == "layer":
+        return nn.LayerNorm(width, eps=eps)
+    if kind == "rms":
+        return nn.RMSNorm(width, eps=eps)
+    raise LineageError(f"unknown norm {kind!r} (choose from layer, rms)")
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 # --8<-- [start:block]
 class Block(nn.Module):
-    """One pre-LN Transformer block (GPT-2 order): x + attn(LN(x)), then x + mlp(LN(x))."""
+    """One Transformer block: self-attention, optional cross-attention (``cross=True``), MLP, each a residual
+    sublayer; ``prenorm`` puts the norm inside the residual branch (x + f(norm(x)), GPT-2, T5) or after the sum
+    (norm(x + f(x)), the 2017 paper and BERT). The other switches are in the module docstring's table."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int = 4):
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, *, prenorm: bool = True, norm: str = "layer",
+                 bias: bool = True, scale: bool = True, activation: str = "gelu", cross: bool = False,
+                 eps: float = 1e-5):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(width), MultiHeadAttention(width, heads)
-        self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        if activation not in ACTIVATIONS:
+            raise LineageError(f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
+        self.prenorm = prenorm
+        self.ln1, self.attn = make_norm(norm, width, eps), MultiHeadAttention(width, heads, bias=bias, scale=scale)
+        if cross:
+            self.ln_cross = make_norm(norm, width, eps)
+            self.cross = MultiHeadAttention(width, heads, bias=bias, scale=scale)
+        self.ln2 = make_norm(norm, width, eps)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width, bias=bias), ACTIVATIONS[activation](),
+                                 nn.Linear(mlp_ratio * width, width, bias=bias))
 
-    def forward(self, x: torch.Tensor, *, causal: bool = False,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), causal=causal, key_padding_mask=key_padding_mask)
-        return x + self.mlp(self.ln2(x))
+    def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer) -> torch.Tensor:
+        return x + sublayer(norm(x)) if self.prenorm else norm(x + sublayer(x))
+
+    def forward(self, x: torch.Tensor, *, causal: bool = False, key_padding_mask: torch.Tensor | None = None,
+                position_bias: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_padding_mask: torch.Tensor | None = None,
+                context_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._residual(x, self.ln1, lambda h: self.attn(h, causal=causal, key_padding_mask=key_padding_mask,
+                                                            position_bias=position_bias))
+        if context is not None:
+            x = self._residual(x, self.ln_cross, lambda h: self.cross(
+                h, context, key_padding_mask=context_padding_mask, position_bias=context_bias))
+        return self._residual(x, self.ln2, self.mlp)
 # --8<-- [end:block]
 
 
 # --8<-- [start:stack]
 class TransformerStack(nn.Module):
     """Token embedding + learned position embedding (or none: ``positions=False``), ``depth`` pre-LN
-    :class:`Block` s, a final LayerNorm: ``(B, L)`` int64 tokens -> ``(B, L, width)`` features.
+    :class:`Block` s (GPT-2 order), a final LayerNorm: ``(B, L)`` int64 tokens -> ``(B, L, width)`` features.
     ``causal`` is fixed at construction (an encoder sees both sides, a GPT-style decoder only the left)."""
 
     def __init__(self, vocab_size: int, max_len: int, width: int = 64, depth: int = 2, heads: int = 4,
@@ -94,4 +159,3 @@ class TransformerStack(nn.Module):
             h = block(h, causal=self.causal, key_padding_mask=key_padding_mask)
         return self.ln_final(h)
 # --8<-- [end:stack]
-

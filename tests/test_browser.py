@@ -24,11 +24,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 #: query -> pages (paths from the site root) of which at least one must be among the first TOP distinct
 #: pages of the search results (a broad query matches most pages: only the ranking says it found the right one).
-#: 潜空间 (latent space) has no page of its own yet: the overview and the bibliography's LDM entry discuss it.
 SEARCH_EXPECTED = {
     "扩散": {"overview/", "diffusion/ddpm/", "diffusion/nonequilibrium/"},
     "无分类器引导": {"guidance/cfg/"},
-    "潜空间": {"overview/", "bibliography/"},
+    "潜空间": {"latent/ldm/"},
+    "掩码语言模型": {"llm/bert/"},
+    "零样本": {"clip-diffusion/clip/"},
 }
 
 TOP = 3

@@ -1,4 +1,4 @@
-"""refimpl.glide: captions and tokenizer, caption dropout, CLIP loss and gradient, both guidances, CLI, learning.
+"""refimpl.glide: captions and tokenizer, caption dropout, noised CLIP (refimpl.clip.CLIP) and its gradient, both guidances, CLI, learning.
 
 Exact checks run on small untrained models (guidance identities hold for any network); the learning
 checks use the cached quick models and samples of figures/glide_model.py (trained once, shared with the figures).
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from refimpl import glide
+from refimpl.clip import CLIP
 from refimpl.cli import main as cli_main
 from refimpl.core import LineageError
 from refimpl.ddim import ddim_sample
@@ -28,7 +29,7 @@ def _tiny(seed: int = 0):
     torch.manual_seed(seed)
     model = glide.TextConditionalUNet({"kind": "unet", "in_channels": 1, "base": 8, "channel_mults": [1, 2],
                                        "time_dim": 32}, text).eval()
-    clip = glide.NoisedCLIP({"kind": "encoder", "in_channels": 1, "base": 8, "channel_mults": [1, 2],
+    clip = CLIP({"kind": "encoder", "in_channels": 1, "base": 8, "channel_mults": [1, 2],
                              "time_dim": 32}, text, 16).eval()
     torch.nn.init.normal_(model.unet.conv_out.weight, std=0.1)  # zero-initialised: an untrained U-Net outputs 0
     return model, clip
@@ -75,23 +76,13 @@ def test_caption_dropout_rate():
 
 # --- noised CLIP ------------------------------------------------------------------------
 
-def test_clip_loss_closed_forms():
-    """Uniform logits: both cross-entropies are log B exactly. Orthonormal embeddings with logit scale a:
-    logits = a I, each row's loss is log(1 + (B - 1) e^(-a))."""
-    for b in (2, 7, 64):
-        assert abs(glide.clip_loss(torch.zeros(b, b, dtype=torch.float64)).item() - math.log(b)) < 1e-12
-        a = 5.0
-        expected = math.log(1 + (b - 1) * math.exp(-a))
-        assert abs(glide.clip_loss(a * torch.eye(b, dtype=torch.float64)).item() - expected) < 1e-12
-
-
 def test_clip_logits_are_scaled_cosines():
     _, clip = _tiny()
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 500, 999])
     tokens = glide.tokenize(["3", "the digit five", "a handwritten nine"])
     f, g = clip.image_features(x, t), clip.text_features(tokens)
     assert (f.norm(dim=1) - 1).abs().max() < TOL32 and (g.norm(dim=1) - 1).abs().max() < TOL32
-    assert (clip(x, t, tokens) - clip.logit_scale.exp() * f @ g.T).abs().max() < 15 * TOL32  # logits up to 1/0.07
+    assert (clip(x, tokens, t) - clip.logit_scale.exp() * f @ g.T).abs().max() < 15 * TOL32  # logits up to 1/0.07
     assert abs(clip.logit_scale.exp().item() - 1 / 0.07) < 15 * TOL32  # CLIP's initial temperature
 
 

@@ -1,0 +1,285 @@
+"""CLIP: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (ICML 2021),
+arXiv 2103.00020, at toy scale: 8x8 digits paired with English and Chinese captions from a small template grammar.
+
+- Two encoders (Sec. 2.4): an image encoder (refimpl.nets.EncoderNet, evaluated at t = 0: clean images) and a
+  text encoder (refimpl.transformer.TransformerStack with masked, i.e. causal, self-attention; the last
+  token's output, layer-normed, is linearly projected). Both embeddings are L2-normalised (Fig. 3).
+- Contrastive pre-training (Sec. 2.3, Fig. 3): in a batch of N pairs the logits are the N x N scaled cosine
+  similarities; the loss is the mean of the cross-entropies over rows (image -> text) and columns
+  (text -> image). The temperature is learned as a log-scale, initialised to 1 / 0.07 and clipped so that the
+  logits are never scaled by more than 100 (Sec. 2.5).
+- Zero-shot classification (Sec. 3.1.2) with prompt ensembling (Sec. 3.1.4): every class name is written into
+  every template, the normalised text embeddings are averaged per class (an ensemble in embedding space), and
+  an image is assigned the class whose embedding has the highest cosine similarity.
+
+The same model trained on noised images x_t with EncoderNet's time input is GLIDE's noised CLIP (refimpl.glide).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refimpl.core import LineageError
+from refimpl.text import CharTokenizer
+from refimpl.transformer import TransformerStack
+
+# --8<-- [start:captions]
+EN_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ZH_WORDS = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
+#: caption templates per language; {en} / {zh} is the digit's name, {d} the numeral "3"
+TEMPLATES = {
+    "en": ("a photo of the digit {en}", "the number {en}", "a handwritten {d}", "{en}"),
+    "zh": ("数字{zh}的照片", "数字{zh}", "手写的{d}", "{zh}"),
+}
+TEMPLATE_SETS = ("en", "zh", "both")  # zero-shot prompt sets; "both" ensembles all eight templates
+
+
+def templates(which: str = "both") -> tuple[str, ...]:
+    """The templates of one language ("en", "zh") or of both."""
+    if which not in TEMPLATE_SETS:
+        raise LineageError(f"unknown template set {which!r} (choose from {', '.join(TEMPLATE_SETS)})")
+    return TEMPLATES["en"] + TEMPLATES["zh"] if which == "both" else TEMPLATES[which]
+
+
+def caption(template: str, label: int) -> str:
+    """``template`` filled in with digit ``label``: every caption names exactly one digit."""
+    return template.format(en=EN_WORDS[label], zh=ZH_WORDS[label], d=label)
+
+
+def tokenizer() -> CharTokenizer:
+    """One token per character (a Chinese character is one token), built from every caption."""
+    return CharTokenizer.from_text("".join(caption(t, k) for t in templates() for k in range(10)))
+
+
+MAX_LEN = 1 + max(len(caption(t, k)) for t in templates() for k in range(10))  # <bos> + the longest caption
+
+
+def tokenize(tok: CharTokenizer, texts: list[str], max_len: int = MAX_LEN) -> torch.Tensor:
+    """(len(texts), max_len) ids: <bos>, one id per character, then <pad> on the right."""
+    rows = torch.full((len(texts), max_len), tok.pad, dtype=torch.long)
+    for i, text in enumerate(texts):
+        if len(text) + 1 > max_len:
+            raise LineageError(f"caption {text!r} has {len(text)} characters; at most {max_len - 1} fit")
+        rows[i, 0], rows[i, 1:len(text) + 1] = tok.bos, tok.encode(text, strict=True)
+    return rows
+# --8<-- [end:captions]
+
+
+# --8<-- [start:model]
+class CLIP(nn.Module):
+    """Image encoder f (refimpl.nets.EncoderNet, config ``image``) and text encoder g (a TransformerStack, config
+    ``text``, pooled at the last non-padding token, then projected to ``dim``); logits (CLIP Fig. 3)
+    ``exp(logit_scale) * f(x_i) . g(c_j)`` with both embeddings L2-normalised, ``exp(logit_scale)`` initialised to
+    1 / 0.07 and clipped at 100 (Sec. 2.5). ``t`` is the image encoder's time input: 0 for CLIP's clean images,
+    the diffusion timestep of x_t for GLIDE's noised CLIP."""
+
+    def __init__(self, image: dict, text: dict, dim: int):
+        super().__init__()
+        from refimpl.nets import model_from_config
+
+        self.config = {"image": image, "text": text, "dim": dim}
+        self.image = model_from_config({**image, "out_dim": dim})
+        self.text = TransformerStack(**text)
+        self.text_proj = nn.Linear(text["width"], dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clipped at 100: the clamped log-scale gets no gradient past log 100."""
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def image_features(self, images: torch.Tensor, t=0) -> torch.Tensor:
+        return F.normalize(self.image(images, t), dim=-1)
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.logit_scale.device)
+        padding = tokens == 0
+        h = self.text(tokens, key_padding_mask=padding)  # (B, L, width), final LayerNorm applied
+        last = (~padding).sum(1) - 1  # right padding: the last real token has seen the whole caption
+        return F.normalize(self.text_proj(h[torch.arange(tokens.shape[0]), last]), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, t=0) -> torch.Tensor:
+        """Logits (B_images, B_texts): exp(logit_scale) f(x_i) . g(c_j)."""
+        return self.scale() * self.image_features(images, t) @ self.text_features(tokens).T
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss (Fig. 3): (CE(rows) + CE(columns)) / 2 with the matching pairs on the diagonal.
+    Rows ask "which caption is this image's?", columns "which image is this caption's?"."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+# --8<-- [end:model]
+
+
+# --8<-- [start:zero-shot]
+@torch.no_grad()
+def class_embeddings(model: CLIP, tok: CharTokenizer, which: str = "both") -> torch.Tensor:
+    """(10, dim) zero-shot classifier weights (Sec. 3.1.4): per digit, the mean of the normalised text
+    embeddings of every template in ``which``, renormalised."""
+    names = templates(which)
+    texts = [caption(t, k) for k in range(10) for t in names]
+    g = model.text_features(tokenize(tok, texts, model.text.max_len)).reshape(10, len(names), -1)
+    return F.normalize(g.mean(1), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot(model: CLIP, tok: CharTokenizer, images: torch.Tensor, which: str = "both") -> torch.Tensor:
+    """Predicted digit of each image (Sec. 3.1.2): argmax_k cos(f(x), w_k), w = :func:`class_embeddings`."""
+    f = model.image_features(images.to(model.logit_scale.device))
+    return (f @ class_embeddings(model, tok, which).T).argmax(1).cpu()
+# --8<-- [end:zero-shot]
+
+
+# --- data, training and command line ---------------------------------------------------
+
+def split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(train, held-out) digits: the last refimpl.digits_eval.HOLDOUT digits are never trained on."""
+    from refimpl.data import digits
+    from refimpl.digits_eval import HOLDOUT
+
+    images, labels = digits()
+    return (images[:-HOLDOUT], labels[:-HOLDOUT]), (images[-HOLDOUT:], labels[-HOLDOUT:])
+
+
+# --8<-- [start:batch]
+def pair_batch(images: torch.Tensor, labels: torch.Tensor, tok: CharTokenizer, generator: torch.Generator,
+               max_len: int = MAX_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of 10 (image, caption) pairs, one per digit, each caption from a random template of
+    either language. Distinct digits matter: an image of a 3 matches every caption of a 3, so a second 3 in
+    the batch would be a false negative in the contrastive loss; with 10 classes, 10 pairs is the largest
+    batch without any."""
+    picks, texts = [], []
+    names = templates()
+    for k in range(10):
+        members = (labels == k).nonzero()[:, 0]
+        picks.append(members[torch.randint(0, len(members), (1,), generator=generator)])
+        texts.append(caption(names[int(torch.randint(0, len(names), (1,), generator=generator))], k))
+    return images[torch.cat(picks)], tokenize(tok, texts, max_len)
+# --8<-- [end:batch]
+
+
+#: a preset changes sizes, never the algorithm; the batch is always 10 pairs (see :func:`pair_batch`)
+PRESETS = {
+    "quick": {"steps": 600, "lr": 2e-3, "base": 16, "width": 48, "depth": 2, "dim": 32},
+    "full": {"steps": 20000, "lr": 3e-4, "base": 64, "width": 256, "depth": 4, "dim": 128},
+}
+
+
+def train_config(preset: str = "quick", *, steps: int | None = None, seed: int = 0) -> dict:
+    """The JSON config of a CLIP run on captioned digits; ``chars`` is the tokenizer's vocabulary."""
+    if preset not in PRESETS:
+        raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    sizes = PRESETS[preset]
+    tok = tokenizer()
+    model = {"image": {"kind": "encoder", "in_channels": 1, "base": sizes["base"], "channel_mults": [1, 2],
+                       "time_dim": 4 * sizes["base"]},
+             "text": {"vocab_size": len(tok), "max_len": MAX_LEN, "width": sizes["width"], "depth": sizes["depth"],
+                      "heads": 4, "causal": True},
+             "dim": sizes["dim"]}
+    return {"data": "digits", "chars": tok.chars, "model": model, "seed": seed,
+            "steps": steps or sizes["steps"], "batch_size": 10, "lr": sizes["lr"]}
+
+
+# --8<-- [start:train]
+def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True):
+    """Contrastive pre-training (CLIP Fig. 3) on batches of :func:`pair_batch`. Returns (model, loss history)."""
+    from refimpl.training import fit
+
+    with torch.random.fork_rng(devices=[]):  # initial weights from config["seed"], global RNG untouched
+        torch.manual_seed(config["seed"])
+        model = CLIP(**config["model"])
+    tok = CharTokenizer(config["chars"])
+    (images, labels), _ = split()
+
+    def loss_fn(model, generator):
+        x, tokens = pair_batch(images, labels, tok, generator, config["model"]["text"]["max_len"])
+        device = model.logit_scale.device
+        return contrastive_loss(model(x.to(device), tokens.to(device)))
+
+    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="clip",
+                  config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
+                  resume=resume, progress=progress)
+    return model, history
+# --8<-- [end:train]
+
+
+def load(ckpt) -> tuple[CLIP, CharTokenizer, dict]:
+    """Rebuild a checkpoint's CLIP (on CPU, eval mode), its tokenizer (from the recorded ``chars``) and config."""
+    from refimpl import checkpoint
+
+    data = checkpoint.load(ckpt, expect_model="clip")
+    try:
+        model = CLIP(**data.config["model"])
+        model.load_state_dict(data.model_state, strict=True)
+        tok = CharTokenizer(data.config["chars"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a clip model ({first})") from None
+    return model.eval(), tok, data.config
+
+
+def held_out_accuracy(model: CLIP, tok: CharTokenizer, which: str = "both") -> float:
+    """Zero-shot accuracy on the held-out digits (:func:`split`)."""
+    _, (images, labels) = split()
+    return zero_shot(model, tok, images, which).eq(labels).float().mean().item()
+
+
+@torch.no_grad()
+def similarity(model: CLIP, tok: CharTokenizer, which: str = "both") -> torch.Tensor:
+    """(10, 10) cosine similarities: row k is the first held-out image of digit k, column j digit j's
+    ensembled prompt embedding."""
+    _, (images, labels) = split()
+    first = torch.stack([(labels == k).nonzero()[0, 0] for k in range(10)])
+    return (model.image_features(images[first]) @ class_embeddings(model, tok, which).T).cpu()
+
+
+def add_commands(commands) -> None:
+    """``python -m refimpl clip train|zero-shot|similarity``."""
+    from refimpl.cli import add_common, add_preset, positive_int
+
+    cmd = commands.add_parser("train", help="contrastive pre-training on captioned digits; reruns resume")
+    add_preset(cmd)
+    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
+    cmd.add_argument("--out", required=True, help="checkpoint directory")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_train)
+    for name, run, what in (("zero-shot", _run_zero_shot, "zero-shot accuracy on the 297 held-out digits"),
+                            ("similarity", _run_similarity, "cosine similarity of one held-out image per digit "
+                                                            "with each digit's prompts")):
+        cmd = commands.add_parser(name, help=what)
+        cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+        cmd.add_argument("--templates", choices=TEMPLATE_SETS, default=None if run is _run_zero_shot else "both",
+                         help="prompt templates: en, zh or both (ensemble); zero-shot default: each in turn, "
+                              "similarity default: both")
+        cmd.set_defaults(run=run)
+
+
+def _run_train(args) -> int:
+    from refimpl.core import pick_device
+
+    device = pick_device(args.device)
+    config = train_config(args.preset, steps=args.steps, seed=args.seed)
+    _, history = train(config, args.out, device=device, progress=not args.quiet)
+    last = f", final loss {history[-1][1]:.4f}" if history else ""
+    print(f"trained clip for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
+    return 0
+
+
+def _run_zero_shot(args) -> int:
+    model, tok, _ = load(args.ckpt)
+    for which in [args.templates] if args.templates else TEMPLATE_SETS:
+        print(f"zero-shot accuracy ({which} templates) on {len(split()[1][1])} held-out digits: "
+              f"{held_out_accuracy(model, tok, which):.3f} (chance 0.100)")
+    return 0
+
+
+def _run_similarity(args) -> int:
+    model, tok, _ = load(args.ckpt)
+    matrix = similarity(model, tok, args.templates)
+    print("image \\ prompt " + " ".join(f"{j:>5}" for j in range(10)))
+    for k, row in enumerate(matrix.tolist()):
+        print(f"digit {k:<9}" + " ".join(f"{v:5.2f}" for v in row))
+    return 0

@@ -1,0 +1,223 @@
+"""GPT: a decoder-only Transformer trained as a causal language model. Radford et al. 2018 (GPT-1, "Improving
+Language Understanding by Generative Pre-Training"), Radford et al. 2019 (GPT-2, "Language Models are Unsupervised
+Multitask Learners"), Brown et al. 2020 (GPT-3, "Language Models are Few-Shot Learners", arXiv 2005.14165).
+
+The model is GPT-2's layout: token + learned position embeddings, pre-LN blocks with a causal mask
+(:class:`refimpl.transformer.TransformerStack`), a final LayerNorm, and an output layer that reuses the token
+embedding matrix (weight tying). The objective is GPT-1 Eq. (1): maximise sum_i log P(u_i | u_<i), i.e. minimise
+the cross-entropy of every next character given the characters before it in a window of ``context`` characters.
+Data: this repository's notes (:mod:`refimpl.text`), one token per character.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refimpl.core import LineageError
+from refimpl.text import CharTokenizer, corpus, unigram_nll, windows
+from refimpl.transformer import TransformerStack
+
+
+# --8<-- [start:model]
+class GPT(nn.Module):
+    """Causal Transformer language model: ``(B, L)`` int64 tokens -> ``(B, L, vocab_size)`` next-token logits.
+    The output layer is the transposed token embedding (GPT-2 ties them; no output bias)."""
+
+    def __init__(self, vocab_size: int, max_len: int, width: int = 96, depth: int = 3, heads: int = 4):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth, heads=heads)
+        self.max_len = max_len
+        self.body = TransformerStack(vocab_size, max_len, width, depth, heads, causal=True)
+        # wte ~ N(0, 0.02) as in GPT-2's code: nn.Embedding's N(0, 1) would make the tied logits huge at init
+        nn.init.normal_(self.body.token.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.body(tokens) @ self.body.token.weight.T
+
+
+def lm_loss(model: GPT, window: torch.Tensor) -> torch.Tensor:
+    """GPT-1 Eq. (1) as a mean cross-entropy (nats/token): position i of ``window[:, :-1]`` predicts
+    ``window[:, i + 1]``; the causal mask makes the prediction depend on tokens <= i only."""
+    logits = model(window[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), window[:, 1:].reshape(-1))
+# --8<-- [end:model]
+
+
+def held_out_loss(model: GPT, ids: torch.Tensor, *, batch: int = 64) -> float:
+    """Mean cross-entropy (nats/char) of ``ids[1:]`` given what precedes each character inside consecutive,
+    non-overlapping windows of ``model.max_len`` predictions (deterministic: every target is scored once; a
+    window's first prediction sees one character of context). Compare with :func:`refimpl.text.unigram_nll`
+    on the same targets ``ids[1:]``."""
+    n = model.max_len
+    chunks = [ids[s: s + n + 1] for s in range(0, ids.numel() - 1, n)]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for length in sorted({c.numel() for c in chunks}):  # the last chunk may be shorter
+            same = torch.stack([c for c in chunks if c.numel() == length])
+            for part in same.split(batch):
+                logits = model(part[:, :-1].to(device)).float()
+                targets = part[:, 1:].reshape(-1).to(device)
+                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum"))
+                count += part[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+# --8<-- [start:generate]
+def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``logits`` (B, V): from softmax(logits / temperature) restricted to the ``top_k`` largest
+    logits (the samples released with GPT-2 include top-k with k = 40). ``temperature == 0`` or
+    ``top_k == 1`` is greedy decoding (argmax)."""
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise LineageError("temperature must be >= 0 and top_k >= 1")
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits.float().cpu() / temperature  # draw on CPU: the generator is a CPU generator
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt_ids: torch.Tensor, new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Autoregressive sampling: append ``new_tokens`` tokens to ``prompt_ids`` ((L,) or (B, L)), each drawn by
+    :func:`next_token` from the logits at the last position; the model sees the last ``max_len`` tokens."""
+    ids = prompt_ids[None] if prompt_ids.dim() == 1 else prompt_ids
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    for _ in range(new_tokens):
+        logits = model(ids[:, -model.max_len:])[:, -1]
+        pick = next_token(logits, temperature=temperature, top_k=top_k, generator=generator)
+        ids = torch.cat([ids, pick.to(device)[:, None]], dim=1)
+    return ids[0] if prompt_ids.dim() == 1 else ids
+# --8<-- [end:generate]
+
+
+# --- training and command line ------------------------------------------------------
+
+#: sizes per preset; a preset changes sizes, never the algorithm
+PRESETS = {
+    "quick": {"model": {"width": 96, "depth": 3, "heads": 4, "max_len": 64}, "steps": 250, "batch_size": 32,
+              "lr": 3e-3, "warmup": 25},
+    "full": {"model": {"width": 384, "depth": 6, "heads": 6, "max_len": 256}, "steps": 5000, "batch_size": 64,
+             "lr": 1e-3, "warmup": 200},
+}
+
+
+def text_data() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor, str]:
+    """``(tokenizer, train ids, held-out ids, sha256 of the training text)`` of the repository's notes; the
+    tokenizer covers the training and held-out characters."""
+    train_text, held_text = corpus()
+    tok = CharTokenizer.from_text(train_text + held_text)
+    return tok, tok.encode(train_text), tok.encode(held_text), hashlib.sha256(train_text.encode()).hexdigest()
+
+
+def train_config(preset: str = "quick", *, steps: int | None = None, seed: int = 0, data=None) -> dict:
+    """The JSON config of a run: model sizes, the tokenizer's characters and the training text's hash
+    (``data``: a :func:`text_data` tuple already read; default: read the notes now)."""
+    if preset not in PRESETS:
+        raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    sizes = PRESETS[preset]
+    tok, _, _, text_hash = data or text_data()
+    return {"data": "notes", "text_sha256": text_hash, "chars": tok.chars,
+            "model": {"vocab_size": len(tok), **sizes["model"]}, "seed": seed, "steps": steps or sizes["steps"],
+            "batch_size": sizes["batch_size"], "lr": sizes["lr"], "warmup": sizes["warmup"]}
+
+
+# --8<-- [start:train]
+def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True, data=None):
+    """Minimise :func:`lm_loss` on random windows of the training text (``data``: a :func:`text_data` tuple
+    already read; default: read the notes now). Returns (model, loss history)."""
+    from refimpl.training import fit
+
+    tok, train_ids, _, text_hash = data or text_data()
+    if tok.chars != config["chars"] or text_hash != config["text_sha256"]:
+        raise LineageError("the notes changed since this config was made: make a new config (train_config)")
+    with torch.random.fork_rng(devices=[]):  # the initial weights follow config["seed"]; global RNG untouched
+        torch.manual_seed(config["seed"])
+        model = GPT(**config["model"])
+    context = config["model"]["max_len"]
+
+    def loss_fn(model, generator):
+        window = windows(train_ids, context + 1, config["batch_size"], generator)
+        return lm_loss(model, window.to(next(model.parameters()).device))
+
+    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="gpt", config=config,
+                  device=device, seed=config["seed"], batch_size=config["batch_size"], warmup=config["warmup"],
+                  resume=resume, progress=progress)
+    return model, history
+# --8<-- [end:train]
+
+
+def load(ckpt) -> tuple[GPT, CharTokenizer]:
+    """Rebuild a checkpoint's model (CPU, eval mode) and its tokenizer from the recorded config."""
+    from refimpl import checkpoint
+
+    data = checkpoint.load(ckpt, expect_model="gpt")
+    try:
+        model = GPT(**data.config["model"])
+        model.load_state_dict(data.model_state, strict=True)
+        tok = CharTokenizer(data.config["chars"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a gpt model ({first})") from None
+    return model.eval(), tok
+
+
+def add_commands(commands) -> None:
+    """``python -m refimpl gpt train|sample``."""
+    from refimpl.cli import add_common, add_preset, positive_float, positive_int
+
+    cmd = commands.add_parser("train", help="train a character-level GPT on the repository's notes; reruns resume")
+    add_preset(cmd)
+    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
+    cmd.add_argument("--out", required=True, help="checkpoint directory")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_train)
+
+    cmd = commands.add_parser("sample", help="continue a prompt with temperature / top-k sampling")
+    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+    cmd.add_argument("--prompt", required=True, help='the start of the text, e.g. "扩散模型"')
+    cmd.add_argument("--tokens", type=positive_int, default=100, help="characters to generate (default 100)")
+    cmd.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
+    cmd.add_argument("--top-k", type=positive_int, help="sample among the k most likely characters (default: all)")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_sample)
+
+
+def _run_train(args) -> int:
+    from refimpl.core import pick_device
+
+    device = pick_device(args.device)
+    data = text_data()
+    config = train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
+    model, _ = train(config, args.out, device=device, progress=not args.quiet, data=data)
+    _, train_ids, held_ids, _ = data
+    print(f"trained gpt for {config['steps']} steps on {device}; held-out loss "
+          f"{held_out_loss(model, held_ids):.3f} nats/char (unigram baseline "
+          f"{unigram_nll(train_ids, held_ids[1:], config['model']['vocab_size']):.3f}); checkpoint: {args.out}")
+    return 0
+
+
+def _run_sample(args) -> int:
+    from refimpl.core import pick_device
+
+    model, tok = load(args.ckpt)
+    prompt = tok.encode(args.prompt, strict=True)
+    if prompt.numel() == 0:
+        raise LineageError("--prompt is empty")
+    model.to(pick_device(args.device))
+    ids = generate(model, prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                   generator=torch.Generator().manual_seed(args.seed))
+    print(tok.decode(ids))
+    return 0
