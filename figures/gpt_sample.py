@@ -16,7 +16,8 @@ TEMPERATURE, TOP_K, TOKENS = 0.8, 20, 60
 
 def literal(text: str) -> str:
     """``text`` shown as is in a Markdown table cell: newlines as ⏎, every punctuation character as an HTML
-    entity, so that no Markdown, math (``$``) or table syntax (``|``) in the sampled text is interpreted."""
+    entity, so that no Markdown, math (``$``) or table syntax (``|``) in the sampled text is interpreted; in a <code> element,
+    because it is text the model wrote, not TeX for MathJax."""
     return re.sub(r"[^\w\s]|_", lambda m: f"&#{ord(m[0])};", text.replace("\n", "⏎"))
 
 
@@ -28,5 +29,5 @@ def make(out: Path, preset: str) -> None:
         for label, temperature, k in settings:
             ids = gpt.generate(model, tok.encode(prompt, strict=True), TOKENS, temperature=temperature, top_k=k,
                                generator=torch.Generator().manual_seed(0))
-            lines.append(f"| {prompt} | {label} | {literal(tok.decode(ids[len(prompt):]))} |")
+            lines.append(f"| {prompt} | {label} | <code>{literal(tok.decode(ids[len(prompt):]))}</code> |")
     (out / "gpt_sample.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

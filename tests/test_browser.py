@@ -28,7 +28,6 @@ SEARCH_EXPECTED = {
     "扩散": {"overview/", "diffusion/ddpm/", "diffusion/nonequilibrium/"},
     "无分类器引导": {"guidance/cfg/"},
     "潜空间": {"latent/ldm/"},
-    "掩码语言模型": {"llm/bert/"},
     "零样本": {"clip-diffusion/clip/"},
 }
 
