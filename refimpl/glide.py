@@ -248,14 +248,15 @@ def clip_config(preset: str = "quick", *, steps: int | None = None, seed: int = 
             "steps": steps or sizes["clip_steps"], "batch_size": sizes["clip_batch_size"], "lr": sizes["lr"]}
 
 
-def _build(cls, config: dict) -> nn.Module:
+def build_seeded(cls, config: dict) -> nn.Module:
     """The untrained model of ``config``, its initial weights drawn from config["seed"] (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
         return cls(**config["model"])
 
 
-def _fit(model, loss_fn, config, out, model_name, device, resume, progress):
+def fit_config(model, loss_fn, config, out, model_name, device, resume, progress):
+    """refimpl.training.fit with the steps, lr, seed and batch size that ``config`` records (GLIDE, LDM)."""
     from refimpl.training import fit
 
     return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name,
@@ -271,7 +272,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     from refimpl.ddpm import q_sample
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
-    model = _build(TextConditionalUNet, config)
+    model = build_seeded(TextConditionalUNet, config)
     batch = sampler("digits", labels=True)
 
     def loss_fn(model, generator):
@@ -282,7 +283,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
         x0, t, eps = x0.to(schedule.device), t.to(schedule.device), eps.to(schedule.device)
         return F.mse_loss(model(q_sample(x0, t, eps, schedule), t, tokens), eps)
 
-    return model, _fit(model, loss_fn, config, out, "glide", device, resume, progress)
+    return model, fit_config(model, loss_fn, config, out, "glide", device, resume, progress)
 
 
 def train_clip(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True):
@@ -292,7 +293,7 @@ def train_clip(config: dict, out=None, *, device=None, resume: bool = True, prog
     from refimpl.ddpm import q_sample
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
-    clip = _build(CLIP, config)
+    clip = build_seeded(CLIP, config)
     batch = sampler("digits", labels=True)
 
     def loss_fn(clip, generator):
@@ -303,7 +304,7 @@ def train_clip(config: dict, out=None, *, device=None, resume: bool = True, prog
         x0, t, eps = x0.to(schedule.device), t.to(schedule.device), eps.to(schedule.device)
         return contrastive_loss(clip(q_sample(x0, t, eps, schedule), tokens, t))
 
-    return clip, _fit(clip, loss_fn, config, out, "glide-clip", device, resume, progress)
+    return clip, fit_config(clip, loss_fn, config, out, "glide-clip", device, resume, progress)
 # --8<-- [end:train]
 
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from refimpl.core import LineageError
 from refimpl.digits_eval import HOLDOUT
-from refimpl.glide import MAX_LEN, VOCAB, cfg_model, drop_captions, random_captions, tokenize
+from refimpl.glide import (MAX_LEN, VOCAB, build_seeded, cfg_model, drop_captions, fit_config, random_captions,
+                           tokenize)
 from refimpl.nets import ResBlock, timestep_embedding
 from refimpl.schedules import Schedule, make_schedule
 from refimpl.transformer import Block, TransformerStack
@@ -224,21 +225,6 @@ def train_config(preset: str = "quick", *, steps: int | None = None, ae_steps: i
     return {"autoencoder": autoencoder, "diffusion": diffusion}
 
 
-def _build(cls, config: dict) -> nn.Module:
-    """The untrained model of ``config``, its initial weights drawn from config["seed"] (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return cls(**config["model"])
-
-
-def _fit(model, loss_fn, config, out, model_name, device, resume, progress):
-    from refimpl.training import fit
-
-    return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name,
-               config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
-               resume=resume, progress=progress)
-
-
 def _digest(model: nn.Module) -> str:
     """SHA-256 of a model's weights, so the diffusion stage's config names the autoencoder it was trained on."""
     h = hashlib.sha256()
@@ -259,19 +245,19 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     device = torch.device(device or "cpu")
     images, labels = training_digits()
     ae_config, dm_config = config["autoencoder"], dict(config["diffusion"])
-    autoencoder = _build(Autoencoder, ae_config)
+    autoencoder = build_seeded(Autoencoder, ae_config)
 
     def ae_loss(model, generator):
         index = torch.randint(0, images.shape[0], (ae_config["batch_size"],), generator=generator)
         return autoencoder_loss(model, images[index].to(device), ae_config["kl_weight"], generator)
 
     ae_out = None if out is None else Path(out) / "autoencoder"
-    ae_history = _fit(autoencoder, ae_loss, ae_config, ae_out, "ldm-autoencoder", device, resume, progress)
+    ae_history = fit_config(autoencoder, ae_loss, ae_config, ae_out, "ldm-autoencoder", device, resume, progress)
     autoencoder.eval().requires_grad_(False)
     scale = latent_scale(autoencoder, images.to(device), torch.Generator().manual_seed(ae_config["seed"]))
     dm_config.update(scale_factor=scale, autoencoder=_digest(autoencoder))
     schedule = make_schedule(dm_config["schedule"], dm_config["T"]).to(device)
-    model = _build(LatentDenoiser, dm_config)
+    model = build_seeded(LatentDenoiser, dm_config)
 
     def dm_loss(model, generator):
         index = torch.randint(0, images.shape[0], (dm_config["batch_size"],), generator=generator)
@@ -281,7 +267,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
         return loss_simple(lambda z_t, t: model(z_t, t, tokens), z, schedule, generator)
 
     dm_out = None if out is None else Path(out) / "diffusion"
-    dm_history = _fit(model, dm_loss, dm_config, dm_out, "ldm", device, resume, progress)
+    dm_history = fit_config(model, dm_loss, dm_config, dm_out, "ldm", device, resume, progress)
     return autoencoder, model.eval(), scale, {"autoencoder": ae_history, "diffusion": dm_history}
 # --8<-- [end:train]
 
@@ -415,7 +401,7 @@ def anatomy(autoencoder: Autoencoder | None = None, model: LatentDenoiser | None
     pipeline with tiny components, traced), ``ours`` (our LDM, traced; random weights unless a model is given)."""
     if model is None:
         config = train_config("quick")
-        autoencoder, model = _build(Autoencoder, config["autoencoder"]), _build(LatentDenoiser, config["diffusion"])
+        autoencoder, model = build_seeded(Autoencoder, config["autoencoder"]), build_seeded(LatentDenoiser, config["diffusion"])
         schedule = make_schedule("linear", 1000)
     return {"sd_v1_512": list(SD_V1_512), "tiny_sd": trace_stable_diffusion()[0],
             "ours": trace_ours(autoencoder, model.eval(), schedule, scale)}
