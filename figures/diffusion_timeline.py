@@ -11,10 +11,11 @@ PAGE = "index.md"
 OUTPUTS = ("diffusion_timeline.svg",)
 INPUTS = ("docs/papers.yml",)
 LANES = ("diffusion-foundations", "efficient-sampling", "guided-diffusion", "clip-diffusion",
-         "latent-diffusion", "side-clip")
+         "latent-diffusion", "side-clip", "fine-tuning")
 LANE_NAMES = {"diffusion-foundations": "foundations", "efficient-sampling": "efficient sampling",
               "guided-diffusion": "guidance", "clip-diffusion": "CLIP + diffusion",
-              "latent-diffusion": "latent diffusion", "side-clip": "side line: CLIP"}
+              "latent-diffusion": "latent diffusion", "side-clip": "side line: CLIP",
+              "fine-tuning": "fine-tuning"}
 
 
 def make(out: Path, preset: str) -> None:

@@ -45,6 +45,7 @@ BRANCHES: dict[str, str] = {
     "clip-diffusion": "CLIP + 扩散",
     "latent-diffusion": "潜空间扩散（LDM）",
     "side-clip": "辅线：CLIP",
+    "fine-tuning": "微调",
     "llm": "大语言模型（LLM）进化树",
     "survey": "综述",
 }

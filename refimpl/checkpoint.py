@@ -66,6 +66,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's weights, names and bytes: a run's config records the exact model it
+    was trained on or from (a frozen CLIP, a base LDM), and loading refuses a run whose base has changed."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save(directory: str | os.PathLike, *, model: str, config: dict[str, Any], step: int,
          model_state: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
          rng_state: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:

@@ -20,13 +20,13 @@ Captions and the word tokenizer are refimpl.glide's. Timesteps are 0-indexed in 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refimpl.checkpoint import weights_digest
 from refimpl.core import LineageError
 from refimpl.digits_eval import HOLDOUT
 from refimpl.glide import (MAX_LEN, VOCAB, build_seeded, cfg_model, drop_captions, fit_config, random_captions,
@@ -162,10 +162,12 @@ class LatentDenoiser(nn.Module):
 
 # --8<-- [start:sample]
 @torch.no_grad()
-def sample(autoencoder: Autoencoder, model: LatentDenoiser, texts: list[str], schedule: Schedule, scale: float, *,
+def sample(autoencoder: Autoencoder, model: LatentDenoiser, texts: list[str] | torch.Tensor, schedule: Schedule,
+           scale: float, *,
            guidance_scale: float = 3.0, steps: int = 50, seed: int = 0, device=None,
            disable: bool = True) -> torch.Tensor:
-    """One image per caption: z_T ~ N(0, I) (B, c, 4, 4) from ``seed``, DDIM (eta 0, ``steps`` steps) on
+    """One image per caption (``texts``: captions, or their tokens for a vocabulary refimpl.glide.tokenize does not
+    know, such as DreamBooth's extended one): z_T ~ N(0, I) (B, c, 4, 4) from ``seed``, DDIM (eta 0, ``steps`` steps) on
     eps(z_t | empty) + s (eps(z_t | y) - eps(z_t | empty)) (refimpl.glide.cfg_model; s = 1: no guidance), then
     x = D(z_0 / scale)."""
     from refimpl.ddim import ddim_sample
@@ -174,7 +176,7 @@ def sample(autoencoder: Autoencoder, model: LatentDenoiser, texts: list[str], sc
         raise LineageError(f"guidance scale must be >= 0, got {guidance_scale}")
     device = torch.device(device or "cpu")
     autoencoder, model, schedule = autoencoder.to(device).eval(), model.to(device).eval(), schedule.to(device)
-    tokens = tokenize(texts).to(device)
+    tokens = (texts if isinstance(texts, torch.Tensor) else tokenize(texts)).to(device)
     shape = (len(texts), model.config["latent_channels"], 4, 4)
     z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     z_0 = ddim_sample(cfg_model(model, tokens, guidance_scale), z_T, schedule, steps=steps, disable=disable)
@@ -225,15 +227,6 @@ def train_config(preset: str = "quick", *, steps: int | None = None, ae_steps: i
     return {"autoencoder": autoencoder, "diffusion": diffusion}
 
 
-def _digest(model: nn.Module) -> str:
-    """SHA-256 of a model's weights, so the diffusion stage's config names the autoencoder it was trained on."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 # --8<-- [start:train]
 def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True):
     """Stage 1: the autoencoder (L1 + KL_WEIGHT * KL) on the training digits; then the scale factor
@@ -255,7 +248,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     ae_history = fit_config(autoencoder, ae_loss, ae_config, ae_out, "ldm-autoencoder", device, resume, progress)
     autoencoder.eval().requires_grad_(False)
     scale = latent_scale(autoencoder, images.to(device), torch.Generator().manual_seed(ae_config["seed"]))
-    dm_config.update(scale_factor=scale, autoencoder=_digest(autoencoder))
+    dm_config.update(scale_factor=scale, autoencoder=weights_digest(autoencoder))
     schedule = make_schedule(dm_config["schedule"], dm_config["T"]).to(device)
     model = build_seeded(LatentDenoiser, dm_config)
 
@@ -288,7 +281,7 @@ def load(ckpt) -> tuple[Autoencoder, LatentDenoiser, Schedule, float]:
             raise LineageError(f"corrupt checkpoint: {Path(ckpt) / sub} is not an {name} model ({first})") from None
         models.append((model.eval(), data.config))
     (autoencoder, _), (model, config) = models
-    if config.get("autoencoder") != _digest(autoencoder):
+    if config.get("autoencoder") != weights_digest(autoencoder):
         raise LineageError(f"{ckpt}: the diffusion model was trained on another autoencoder than the one stored")
     return autoencoder, model, make_schedule(config["schedule"], config["T"]), float(config["scale_factor"])
 

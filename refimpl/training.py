@@ -106,7 +106,8 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
     for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if not isinstance(value, int) or value <= 0:
             raise LineageError(f"{name} must be a positive integer, got {value!r}")
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    # None is the CPU, as in every trainer that calls fit (their data go to ``device or "cpu"``); "auto" picks
+    device = device if isinstance(device, torch.device) else pick_device(device or "cpu")
     model.to(device)
     try:
         described = {"model": model_config(model)}

@@ -178,11 +178,12 @@ def test_autoencoder_reconstructs_held_out_digits():
     with torch.no_grad():
         error = (autoencoder.decode(autoencoder.encode(images)[0]) - images).abs().mean().item()
     assert error < 0.125, error
-    # the same float32 reduction over ~48000 latents: equal on one machine; rel 1e-6 (~10 float32 eps) allows a
-    # run trained on another device, whose summation order differs
+    # the same float32 reduction over ~48000 latents: equal on one machine. A run trained on a GPU encoded its
+    # latents with TF32 convolutions (cuDNN's default: inputs rounded to 10 mantissa bits, relative error up to
+    # 2^-11 ~ 4.9e-4 per product), so the std can move by up to that much; rel 1e-3 (seen on an H200: 5.6e-6)
     train_images, _ = ldm.training_digits()
     recomputed = ldm.latent_scale(autoencoder, train_images, torch.Generator().manual_seed(0))
-    assert recomputed == pytest.approx(scale, rel=1e-6)
+    assert recomputed == pytest.approx(scale, rel=1e-3)
 
 
 @pytest.mark.slow
