@@ -268,8 +268,8 @@ def clip_training_embeddings(clip, tok) -> dict[str, torch.Tensor]:
 def train(config: dict, clip_ckpt, out=None, *, device=None, resume: bool = True, progress: bool = True):
     """Both stages on the frozen CLIP of ``clip_ckpt``. Prior: :func:`prior_loss` on standardised image embeddings
     of the training digits, conditioned on the text embedding of a random EN/ZH caption of the same digit,
-    zeroed with probability config["prior"]["text_drop"]. Decoder: :func:`decoder_loss` on the training digits and
-    their image embeddings, zeroed with probability config["decoder"]["embedding_drop"]. With ``out``: out/clip (a
+    zeroed with probability ``config["prior"]["text_drop"]``. Decoder: :func:`decoder_loss` on the training digits and
+    their image embeddings, zeroed with probability ``config["decoder"]["embedding_drop"]``. With ``out``: out/clip (a
     copy of the CLIP checkpoint), out/prior and out/decoder (each resumable). Returns (prior, decoder, histories)."""
     from refimpl import clip as clip_module
 
