@@ -112,6 +112,8 @@ PAGE_PROBE = """() => {
   return {
     article: true,
     rawTex: ["$$", "\\\\(", "\\\\[", "\\\\frac", "\\\\mathbf"].filter(s => raw.includes(s)),
+    // inline $...$ that arithmatex never saw (e.g. inside raw HTML such as a <figcaption> without markdown)
+    rawInline: (raw.match(/\\$[^\\s$][^$\\n]{0,80}?\\$/g) || []).slice(0, 3),
     arithmatex: article.querySelectorAll(".arithmatex").length,
     unrendered: [...article.querySelectorAll(".arithmatex")].filter(e => !e.querySelector("mjx-container")).length,
     // TeX errors: <merror>, and undefined macros, which MathJax's noundefined extension shows as red text
@@ -141,6 +143,7 @@ def test_every_page_renders_cleanly(site, server, browser_context, reports_dir):
             found.append("no <article>")
         else:
             found += [f"raw TeX {s!r}" for s in probe["rawTex"]]
+            found += [f"raw inline math {s!r}" for s in probe["rawInline"]]
             found += [f"TeX error: {e}" for e in probe["texErrors"]]
             found += [f"broken image: {src}" for src in probe["brokenImages"]]
             if probe["unrendered"]:  # each formula must hold the mjx-container MathJax put there
