@@ -16,8 +16,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from refimpl import ldm
+from refimpl.captions import random_captions
 from refimpl.ddpm import loss_simple
-from refimpl.glide import random_captions
 from refimpl.schedules import make_schedule
 
 

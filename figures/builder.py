@@ -1,6 +1,7 @@
 """The figure builder: find figure scripts, key them, run the stale ones, cache the outputs.
 
-A figure script is ``figures/<name>.py`` with a top-level ``OUTPUTS`` (see CONTRIBUTING.md).
+A figure script is any ``.py`` file under ``figures/`` (in this project ``figures/pages/<section>/<name>.py``)
+with a top-level ``OUTPUTS`` (see CONTRIBUTING.md); its name is its file stem, unique across the tree.
 Scripts are found by reading their AST, never by importing them.
 
 Cache layout (``<cache>`` is ``$LINEAGE_CACHE`` or ``<root>/.cache/lineage``)::
@@ -26,6 +27,7 @@ import ast
 import concurrent.futures
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -44,9 +46,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGES = ("refimpl", "figures")
 PRESETS = ("quick", "full")  # mirrors refimpl.core.PRESETS (not imported: it pulls in torch)
 VERSIONED = ("torch", "diffusers", "matplotlib", "numpy")
-LIBRARY_MODULES = frozenset({"builder", "hook", "registry", "models", "__init__", "__main__"})
+#: The build system (top-level modules of figures/): must not define OUTPUTS, nor may a package __init__.
+LIBRARY_MODULES = frozenset({"builder", "hook", "registry", "summary", "__init__", "__main__"})
+#: Folders of figures/ that hold library modules only (the trained-model zoo, shared helpers): no OUTPUTS.
+LIBRARY_DIRS = ("zoo", "lib")
 MANIFEST = ".manifest.json"
 KEY_FORMAT = "lineage-figure-key/1"
+#: Build-system modules that scripts import (for cached()) but that never change what a script draws or a
+#: producer trains: they are left out of every key, so that editing the builder (progress lines, scheduling)
+#: reruns nothing. A change to what the cache means bumps KEY_FORMAT instead.
+UNKEYED = frozenset({"figures.builder"})
 
 
 class FigureError(Exception):
@@ -138,9 +147,29 @@ def _literal(tree: ast.Module, name: str):
     return value
 
 
-def _parse_script(path: Path) -> Script | None:
+def _where(path: Path, root: Path) -> str:
+    """``path`` as the messages name it: relative to ``root`` (``figures/pages/diffusion/ddpm_loss.py``)."""
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _is_library(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a library module: a build-system module at the top of figures/, a package
+    ``__init__``, or any module under figures/zoo or figures/lib."""
+    try:
+        rel = path.resolve().relative_to(root / "figures").parts
+    except ValueError:
+        rel = (path.name,)
+    return (path.stem == "__init__" or (len(rel) == 1 and path.stem in LIBRARY_MODULES)
+            or (len(rel) > 1 and rel[0] in LIBRARY_DIRS))
+
+
+def _parse_script(path: Path, root: Path | None = None) -> Script | None:
     """The Script declared in ``path``, or None when it is a library module (no OUTPUTS)."""
-    where = f"figures/{path.name}"
+    root = Path(root).resolve() if root else default_root()
+    where = _where(path, root)
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as err:
@@ -152,7 +181,7 @@ def _parse_script(path: Path) -> Script | None:
         page, inputs = _literal(tree, "PAGE"), _literal(tree, "INPUTS")
     except FigureError as err:
         raise FigureError(f"{where}: {err}") from None
-    if path.stem in LIBRARY_MODULES:
+    if _is_library(path, root):
         raise FigureError(f"{where}: library modules must not define OUTPUTS")
     inputs = () if inputs is ... else inputs
     if not isinstance(page, str):
@@ -173,20 +202,26 @@ def _parse_script(path: Path) -> Script | None:
 
 
 def discover(root: Path | str | None = None) -> dict[str, Script]:
-    """All figure scripts under ``<root>/figures``, by name; output names must be unique."""
+    """All figure scripts under ``<root>/figures`` (any depth), by name; names and output names must be unique."""
     root = Path(root).resolve() if root else default_root()
     scripts: dict[str, Script] = {}
     owner: dict[str, str] = {}
-    for path in sorted((root / "figures").glob("*.py")):
-        script = _parse_script(path)
+    base = root / "figures"
+    for path in sorted(base.rglob("*.py")):
+        if any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(base).parts[:-1]):
+            continue
+        script = _parse_script(path, root)
         if script is None:
             continue
+        if script.name in scripts:
+            raise FigureError(f"two figure scripts are named {script.name}: {_where(scripts[script.name].path, root)} "
+                              f"and {_where(path, root)} (script names must be unique: rename one)")
         for out in script.outputs:
             if out in owner:
                 raise FigureError(f"output {out!r} is declared by both {owner[out]} and {script.name}")
             owner[out] = script.name
         scripts[script.name] = script
-    return scripts
+    return dict(sorted(scripts.items()))  # by name, whatever folder a script sits in
 
 
 # ----------------------------------------------------------------------------- import closure
@@ -209,8 +244,16 @@ def _module_name(root: Path, path: Path) -> tuple[list[str], bool]:
     return list(rel[:-1] if is_package else rel), is_package
 
 
-def _imported_names(root: Path, path: Path) -> set[str]:
+def _imported_names(root: Path, path: Path) -> frozenset[str]:
     """Every dotted name that ``path`` may import (anywhere in the file, lazily or not)."""
+    stat = path.stat()
+    return _parse_imports(root, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_imports(root: Path, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """:func:`_imported_names`, parsed once per version of the file (keyed by its mtime and size): finding the
+    keys of every script walks the same shared modules dozens of times."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
     try:
         own, is_package = _module_name(root, path)
@@ -230,7 +273,7 @@ def _imported_names(root: Path, path: Path) -> set[str]:
             if base:
                 names.add(base)
             names.update(f"{base}.{a.name}".lstrip(".") for a in node.names if a.name != "*")
-    return names
+    return frozenset(names)
 
 
 def module_closure(target: str | Path, *, root: Path | str | None = None,
@@ -254,6 +297,8 @@ def module_closure(target: str | Path, *, root: Path | str | None = None,
             todo.append(path)
 
     def add_module(dotted: str) -> None:
+        if any(dotted == u or dotted.startswith(u + ".") for u in UNKEYED):
+            return
         parts = dotted.split(".")
         for i in range(1, len(parts) + 1):  # parent packages run first
             found = _module_file(root, parts[:i], packages)
@@ -317,19 +362,78 @@ def script_key(script: str | Path | Script, *, root: Path | str | None = None, p
     root = Path(root).resolve() if root else default_root()
     preset = check_preset(preset)
     if not isinstance(script, Script):
-        path = Path(script) if str(script).endswith(".py") else root / "figures" / f"{script}.py"
-        if not path.is_file():
-            raise FigureError(f"no figure script {path}")
-        parsed = _parse_script(path)
-        if parsed is None:
-            raise FigureError(f"{path} is not a figure script (no OUTPUTS)")
-        script = parsed
+        script = find_script(script, root)
     h = _Hash(KEY_FORMAT)
     h.add_files(root, module_closure(script.path, root=root, packages=packages))
     h.add("inputs")
     h.add_files(root, _input_files(root, script))
     h.add_common(preset)
     return h.hexdigest()
+
+
+def find_script(script: str | Path, root: Path | str | None = None) -> Script:
+    """The figure script given by name (``ddpm_loss``) or by file (a Path, or a str ending in ``.py``)."""
+    root = Path(root).resolve() if root else default_root()
+    if isinstance(script, Path) or str(script).endswith(".py"):
+        path = Path(script)
+        if not path.is_file():
+            raise FigureError(f"no figure script {path}")
+        parsed = _parse_script(path, root)
+        if parsed is None:
+            raise FigureError(f"{_where(path, root)} is not a figure script (no OUTPUTS)")
+        return parsed
+    scripts = discover(root)
+    if script not in scripts:
+        raise FigureError(f"no figure script named {script}")
+    return scripts[script]
+
+
+def load_script(script: str | Path, root: Path | str | None = None):
+    """Import a figure script (by name or file) as module ``figures.<name>`` and return it: what tests and
+    benchmarks use to call a script's helpers, since the folders of figures/pages are not packages."""
+    return _import_script(find_script(script, root).path)
+
+
+def _import_script(path: Path):
+    path = Path(path).resolve()
+    spec = importlib.util.spec_from_file_location(f"figures.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
+def model_modules(root: Path | str | None = None) -> list[Path]:
+    """The trained-model modules: ``figures/zoo/<paper>.py``, each the cached() artifacts of one paper. An
+    artifact's key covers its producer's module, so such a module's closure is what keys its models."""
+    root = Path(root).resolve() if root else default_root()
+    return sorted(p.resolve() for p in (root / "figures" / "zoo").glob("*.py") if p.name != "__init__.py")
+
+
+def blast_radius(root: Path | str | None = None, packages: Sequence[str] | None = None
+                 ) -> dict[str, tuple[list[str], list[str]]]:
+    """For every project module: the figure scripts and the trained-model modules whose cache keys its
+    source is part of, i.e. what an edit of that file reruns. ``{"refimpl/ddim.py": (scripts, models)}``:
+    scripts by name, model modules by their zoo stem (``"ddpm"`` for figures/zoo/ddpm.py)."""
+    root = Path(root).resolve() if root else default_root()
+    keyed: dict[Path, list[Path]] = {}
+    for script in discover(root).values():
+        keyed[script.path] = module_closure(script.path, root=root, packages=packages)
+    models_set = set(model_modules(root))
+    for module in models_set:  # by dotted name, as cached() keys a producer: its packages' __init__ count too
+        dotted = ".".join(module.relative_to(root).with_suffix("").parts)
+        keyed[module] = module_closure(dotted, root=root, packages=packages)
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for package in (packages or default_packages()):
+        for path in sorted((root / package).rglob("*.py")):
+            scripts = sorted(t.stem for t, closure in keyed.items() if path in closure and t not in models_set)
+            models = sorted(t.stem for t, closure in keyed.items() if path in closure and t in models_set)
+            out[path.relative_to(root).as_posix()] = (scripts, models)
+    return out
 
 
 # ----------------------------------------------------------------------------- cache entries
@@ -445,10 +549,13 @@ def _tail(log: Path, lines: int = 12) -> list[str]:
 
 
 def _run_script(script: Script, key: str, root: Path, cache: Path, preset: str,
-                env: dict[str, str]) -> tuple[Path | None, str | None]:
-    """Run one script in a subprocess; (entry, None) on success, (None, error) on failure."""
+                env: dict[str, str]) -> tuple[Path | None, str | None, dict]:
+    """Run one script in a subprocess; (entry, None, timing) on success, (None, error, {}) on failure.
+
+    ``timing`` is the child's record: its CPU seconds and what each cached() call cost (see ARTIFACT_TIMES)."""
     tmp = _make_tmp(cache, script.name)
     log = tmp.with_name(tmp.name + "-log")
+    timing_file = tmp.with_name(tmp.name + "-timing")
     try:
         with open(log, "wb") as fh:
             proc = subprocess.run(
@@ -460,28 +567,204 @@ def _run_script(script: Script, key: str, root: Path, cache: Path, preset: str,
                 tail.append(f"killed by signal {-proc.returncode}")
             why = tail[-1] if tail else f"exit status {proc.returncode}"
             context = "".join(f"\n    {line}" for line in tail[:-1])
-            return None, f"figure {script.name} failed: {why}{context}"
+            return None, f"figure {script.name} failed: {why}{context}", {}
         present = {p.name for p in tmp.iterdir()}
         missing = sorted(set(script.outputs) - present)
         extra = sorted(present - set(script.outputs))
         if missing:
-            return None, f"figure {script.name} failed: it did not write {', '.join(missing)} (declared in OUTPUTS)"
+            return None, f"figure {script.name} failed: it did not write {', '.join(missing)} (declared in OUTPUTS)", {}
         if extra:
-            return None, f"figure {script.name} failed: it wrote {', '.join(extra)}, which is not in OUTPUTS"
+            return None, f"figure {script.name} failed: it wrote {', '.join(extra)}, which is not in OUTPUTS", {}
         if any(not (tmp / n).is_file() for n in script.outputs):
-            return None, f"figure {script.name} failed: an output is not a regular file"
+            return None, f"figure {script.name} failed: an output is not a regular file", {}
         _write_manifest(tmp, script=script.name, key=key, preset=preset)
         entry = cache / "figures" / script.name / key
         _publish(tmp, entry)
         _prune(entry, preset)
-        return entry, None
+        try:
+            timing = json.loads(timing_file.read_text())
+        except (OSError, ValueError):
+            timing = {}
+        return entry, None, timing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         log.unlink(missing_ok=True)
+        timing_file.unlink(missing_ok=True)
+
+
+class Timings:
+    """What each script and trained artifact cost in earlier builds: scheduling, progress and benchmarks.
+
+    Measured records live in ``<cache>/timings.json`` (updated by every build); where the cache has none
+    (a fresh clone), ``figures/costs.json`` (committed, written by ``benchmarks/build_time.py --write-costs``)
+    stands in. Costs are CPU seconds of one thread: a script's own work (``own_cpu``, excluding the artifacts
+    it produced and the time it slept on a lock) and each artifact's producer (``cpu``, excluding nested
+    artifacts). ``artifacts`` of a script and ``needs`` of an artifact say which artifacts they asked for.
+    Never part of a cache key.
+    """
+
+    DEFAULT_CPU = 20.0  # seconds assumed for a script nobody has timed yet
+
+    def __init__(self, data: dict, path: Path) -> None:
+        self.scripts: dict[str, dict] = dict(data.get("scripts", {}))
+        self.artifacts: dict[str, dict] = dict(data.get("artifacts", {}))
+        self.path = path
+
+    @classmethod
+    def load(cls, root: Path, cache: Path) -> "Timings":
+        merged: dict[str, dict] = {"scripts": {}, "artifacts": {}}
+        for source in (Path(root) / "figures" / "costs.json", Path(cache) / "timings.json"):
+            try:
+                data = json.loads(source.read_text())
+            except (OSError, ValueError):
+                continue
+            for part in merged:
+                merged[part].update(data.get(part, {}) if isinstance(data, dict) else {})
+        return cls(merged, Path(cache) / "timings.json")
+
+    def record(self, script: str, wall: float, timing: dict) -> None:
+        """Store one finished script's child record (see run_one)."""
+        calls = timing.get("artifacts", [])
+        produced = [c for c in calls if c.get("built")]
+        for call in produced:
+            needs = sorted({c["artifact"] for c in calls if c.get("parent") == call["artifact"]})
+            self.artifacts[call["artifact"]] = {"cpu": round(call["cpu"], 2), "wall": round(call["wall"], 2),
+                                                "needs": needs, "made_by": script}
+        self.scripts[script] = {
+            "wall": round(wall, 2), "cpu": round(timing.get("cpu", 0.0), 2),
+            "own_cpu": round(max(0.0, timing.get("cpu", 0.0) - sum(c["cpu"] for c in produced)), 2),
+            "wait": round(sum(c.get("wait", 0.0) for c in calls), 2),
+            "artifacts": sorted({c["artifact"] for c in calls if c.get("parent") is None})}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".timings.{os.getpid()}.json")
+        tmp.write_text(json.dumps({"scripts": self.scripts, "artifacts": self.artifacts}, indent=1,
+                                  sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def own(self, script: str) -> float:
+        known = [v["own_cpu"] for v in self.scripts.values()]
+        fallback = sorted(known)[len(known) // 2] if known else self.DEFAULT_CPU
+        return self.scripts.get(script, {}).get("own_cpu", fallback)
+
+    def closure(self, names) -> set[str]:
+        """The artifacts in ``names`` and every artifact their producers asked for, transitively."""
+        seen: set[str] = set()
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(self.artifacts.get(name, {}).get("needs", []))
+        return seen
+
+    def chain(self, name: str) -> float:
+        """CPU seconds from nothing to artifact ``name``: its producer after the longest chain it needs."""
+        info = self.artifacts.get(name, {})
+        return info.get("cpu", 0.0) + max((self.chain(n) for n in info.get("needs", [])), default=0.0)
+
+    def order(self, names: list[str], cache: Path) -> list[str]:
+        """Longest first: repeatedly the script with the longest chain of work ahead of it (its own work after
+        the missing artifacts it needs). An artifact counts only for the first script that will make it; the
+        scripts that need it too would only wait for it, so they come later, with their own work alone."""
+        claimed = {a for a in self.artifacts if _has_artifact(cache, a)}
+        left, order = list(names), []
+        while left:
+            def cost(name: str) -> float:
+                needed = [a for a in self.scripts.get(name, {}).get("artifacts", []) if a not in claimed]
+                return self.own(name) + max((self.chain(a) for a in needed), default=0.0)
+            best = max(left, key=cost)
+            order.append(best)
+            left.remove(best)
+            claimed |= self.closure(self.scripts.get(best, {}).get("artifacts", []))
+        return order
+
+    def critical_path(self) -> tuple[float, list[str]]:
+        """The longest chain of CPU work (artifacts, then the script that needs them): seconds and names."""
+        best: tuple[float, list[str]] = (0.0, [])
+        for script, info in self.scripts.items():
+            def path(name: str) -> list[str]:
+                needs = self.artifacts.get(name, {}).get("needs", [])
+                return (path(max(needs, key=self.chain)) if needs else []) + [name]
+            longest = max(info.get("artifacts", []), key=self.chain, default=None)
+            chain = path(longest) if longest else []
+            total = info.get("own_cpu", 0.0) + (self.chain(longest) if longest else 0.0)
+            if total > best[0]:
+                best = (total, chain + [script])
+        return best
+
+
+def _has_artifact(cache: Path, name: str) -> bool:
+    folder = Path(cache) / "artifacts" / name
+    return folder.is_dir() and any(_read_manifest(e) is not None for e in folder.iterdir() if e.is_dir())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _Progress:
+    """``[k/N]`` lines with the elapsed time, an estimate of what is left and the models still to come."""
+
+    def __init__(self, history: Timings, names: list[str], cache: Path, cpus: int,
+                 log: Callable[[str], None]) -> None:
+        self.history, self.left, self.cache, self.cpus, self.log = history, list(names), cache, cpus, log
+        self.total, self.start = len(names), time.perf_counter()
+        log(f"figures: building {self.total} script(s) on {cpus} core(s), "
+            f"~{_duration(self.remaining()[0])} of work by earlier builds' timings")
+
+    def remaining(self) -> tuple[float, list[str]]:
+        """Estimated wall seconds for the scripts left, and the artifacts they need that are not made yet."""
+        wanted = self.history.closure(a for n in self.left for a in self.history.scripts.get(n, {}).get("artifacts", []))
+        models = sorted(a for a in wanted if not _has_artifact(self.cache, a))
+        cpu = sum(self.history.own(n) for n in self.left) + sum(self.history.artifacts.get(a, {}).get("cpu", 0.0)
+                                                               for a in models)
+        return cpu / self.cpus, models
+
+    def done(self, name: str, message: str) -> None:
+        self.left.remove(name)
+        k = self.total - len(self.left)
+        line = f"[{k}/{self.total}] {message} · elapsed {_duration(time.perf_counter() - self.start)}"
+        if self.left:
+            seconds, models = self.remaining()
+            line += f" · ~{_duration(seconds)} left"
+            if models:
+                shown = ", ".join(models[:4]) + (f" and {len(models) - 4} more" if len(models) > 4 else "")
+                line += f" · models to come: {shown}"
+        self.log(line)
 
 
 def _log_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _lookup(scripts: dict[str, Script], root: Path, cache: Path, preset: str, packages: Sequence[str]
+            ) -> tuple[dict[str, ScriptResult], list[tuple[Script, str]]]:
+    """The scripts whose entry for the current key is in the cache (as results) and the (script, key) pairs
+    that are missing."""
+    results: dict[str, ScriptResult] = {}
+    pending: list[tuple[Script, str]] = []
+    for script in scripts.values():
+        key = script_key(script, root=root, preset=preset, packages=packages)
+        entry = cache / "figures" / script.name / key
+        if _read_manifest(entry) is not None:
+            results[script.name] = ScriptResult(script.name, key, "cached",
+                                                {n: entry / n for n in script.outputs}, script.page)
+        else:
+            pending.append((script, key))
+    return results, pending
+
+
+def ready(root: Path | str = REPO_ROOT, preset: str | None = None, packages: Sequence[str] = DEFAULT_PACKAGES,
+          cache_dir: Path | str | None = None) -> tuple[dict[str, Path], list[Script]]:
+    """Without building anything: every output whose script is cached for the current sources (name -> file),
+    and the scripts still to build. What ``mkdocs serve`` shows while a build runs in the background."""
+    root = Path(root).resolve()
+    cache = Path(cache_dir).resolve() if cache_dir else default_cache(root)
+    results, pending = _lookup(discover(root), root, cache, check_preset(preset), tuple(packages))
+    return {n: p for r in results.values() for n, p in r.outputs.items()}, [script for script, _ in pending]
 
 
 def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | None = None,
@@ -489,7 +772,8 @@ def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | N
           cache_dir: Path | str | None = None, log: Callable[[str], None] | None = None) -> BuildResult:
     """Build every figure whose cache entry is missing; return where all outputs are.
 
-    ``only`` restricts the build to the named scripts (name or ``figures/<name>.py``).
+    ``only`` restricts the build to the named scripts (name, or a script's file such as
+    ``figures/pages/diffusion/ddpm_loss.py``: its stem is the name).
     Raises FigureError naming every failing script after the others have finished.
     """
     root = Path(root).resolve()
@@ -507,47 +791,47 @@ def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | N
         scripts = {n: scripts[n] for n in wanted}
 
     _clean_stray_tmp(cache)
-    results: dict[str, ScriptResult] = {}
-    pending: list[tuple[Script, str]] = []
-    for script in scripts.values():
-        key = script_key(script, root=root, preset=preset, packages=packages)
-        entry = cache / "figures" / script.name / key
-        if _read_manifest(entry) is not None:
-            results[script.name] = ScriptResult(script.name, key, "cached",
-                                                {n: entry / n for n in script.outputs}, script.page)
-            log(f"cached {script.name}")
-        else:
-            pending.append((script, key))
+    started = time.perf_counter()
+    results, pending = _lookup(scripts, root, cache, preset, packages)
 
     errors: dict[str, str] = {}
     if pending:
+        history = Timings.load(root, cache)
         cpus = os.cpu_count() or 1
-        workers = max(1, min(jobs or cpus, len(pending)))
+        # Scripts that wait on a lock (a model another script is training) sleep: one extra worker per two
+        # cores keeps the cores busy meanwhile. Each child runs one thread per core it is given.
+        workers = max(1, min(jobs or cpus + (cpus + 1) // 2, len(pending)))
         env = _child_env(root, cache, preset, packages, max(1, cpus // workers))
+        pending = [dict((s.name, (s, k)) for s, k in pending)[name]
+                   for name in history.order([s.name for s, _ in pending], cache)]
+        progress = _Progress(history, [s.name for s, _ in pending], cache, cpus, log)
 
         def run(item: tuple[Script, str]):
             script, key = item
             start = time.perf_counter()
             try:
-                entry, error = _run_script(script, key, root, cache, preset, env)
+                entry, error, timing = _run_script(script, key, root, cache, preset, env)
             except OSError as err:  # e.g. a full disk while publishing
-                entry, error = None, f"figure {script.name} failed: {type(err).__name__}: {err}"
-            return script, key, entry, error, time.perf_counter() - start
+                entry, error, timing = None, f"figure {script.name} failed: {type(err).__name__}: {err}", {}
+            return script, key, entry, error, timing, time.perf_counter() - start
 
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(run, item) for item in pending]
             for future in concurrent.futures.as_completed(futures):
-                script, key, entry, error, seconds = future.result()
+                script, key, entry, error, timing, seconds = future.result()
                 if error:
                     errors[script.name] = error
-                    log(f"FAILED {script.name} after {seconds:.1f}s")
-                else:
-                    results[script.name] = ScriptResult(script.name, key, "built",
-                                                        {n: entry / n for n in script.outputs},
-                                                        script.page, seconds)
-                    log(f"built {script.name} in {seconds:.1f}s")
+                    progress.done(script.name, f"FAILED {script.name} after {seconds:.1f}s")
+                    continue
+                results[script.name] = ScriptResult(script.name, key, "built",
+                                                    {n: entry / n for n in script.outputs}, script.page, seconds)
+                history.record(script.name, seconds, timing)
+                history.save()  # after every script: a build stopped halfway still informs the next one
+                progress.done(script.name, f"built {script.name} in {seconds:.1f}s")
     if errors:
         raise FigureError("\n".join(errors[n] for n in sorted(errors)))
+    log(f"figures: {len(scripts)} script(s), {len(pending)} built, {len(scripts) - len(pending)} cached, "
+        f"{time.perf_counter() - started:.1f}s")
     return BuildResult([results[n] for n in scripts])
 
 
@@ -558,24 +842,32 @@ def run_one(script_path: str, out: str, preset: str) -> int:
     (the parent reports the last line), and returns 1.
     """
     path = Path(script_path).resolve()
-    root = str(path.parent.parent)
+    # the project root: the folder that holds figures/ (scripts may sit at any depth below it)
+    root = str(next((p.parent for p in path.parents if p.name == "figures"), path.parent))
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
-        spec = importlib.util.spec_from_file_location(f"figures.{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        module = _import_script(path)
         module.make(Path(out), preset)
     except Exception as err:  # noqa: BLE001 - reported by the parent, by script name
-        traceback.print_exception(type(err), err, err.__traceback__.tb_next)
+        tb = err.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # the builder's own frames
+            tb = tb.tb_next
+        traceback.print_exception(type(err), err, tb)
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
         print(f"{type(err).__name__}: {first}" if first else type(err).__name__, file=sys.stderr, flush=True)
         return 1
+    record = {"cpu": time.process_time(), "artifacts": ARTIFACT_TIMES}
+    Path(out).with_name(Path(out).name + "-timing").write_text(json.dumps(record))
     return 0
 
 
 # ----------------------------------------------------------------------------- shared artifacts
+
+#: what cached() did in this process: one record per call (artifact name, the artifact whose producer asked
+#: for it, and for the call that produced it: own CPU seconds, wall seconds, seconds waiting on the lock)
+ARTIFACT_TIMES: list[dict] = []
+_PRODUCING: list[str] = []  # the artifacts whose producers are running in this process, innermost last
 
 
 def cached(name: str, modules: Sequence[str], producer: Callable[[Path], None], *, preset: str,
@@ -606,20 +898,31 @@ def cached(name: str, modules: Sequence[str], producer: Callable[[Path], None], 
     h.add_common(preset)
     key = h.hexdigest()
     entry = cache / "artifacts" / name / key
+    record = {"artifact": name, "parent": _PRODUCING[-1] if _PRODUCING else None, "cpu": 0.0, "wall": 0.0,
+              "wait": 0.0}
+    ARTIFACT_TIMES.append(record)
     if _read_manifest(entry) is not None:
         return entry
     (cache / "locks").mkdir(parents=True, exist_ok=True)
     with open(cache / "locks" / f"{name}.lock", "w") as lock:
+        start = time.perf_counter()
         fcntl.flock(lock, fcntl.LOCK_EX)
+        record["wait"] = time.perf_counter() - start
         if _read_manifest(entry) is not None:
             return entry
         tmp = _make_tmp(cache, f"artifact-{name}")
+        cpu, wall = time.process_time(), time.perf_counter()
+        _PRODUCING.append(name)
         try:
             producer(tmp)
             _write_manifest(tmp, artifact=name, key=key, preset=preset, config=config_json)
             _publish(tmp, entry)
         finally:
+            _PRODUCING.pop()
             shutil.rmtree(tmp, ignore_errors=True)
+        # CPU of this producer alone: nested artifacts it made are counted under their own names
+        nested = sum(r["cpu"] for r in ARTIFACT_TIMES if r["parent"] == name)
+        record.update(cpu=time.process_time() - cpu - nested, wall=time.perf_counter() - wall, built=True)
         _prune(entry, preset, {"config": config_json})
     return entry
 

@@ -15,9 +15,13 @@ The last two exist so tests can point the hook at a small fake project.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import struct
+import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -38,16 +42,98 @@ def figure_output(name: str) -> Path:
         raise PluginError(f"no figure output named {name!r}") from None
 
 
-def _build_figures() -> dict[str, Path]:
+def _builder():
     if _REPO not in sys.path:  # mkdocs loads hooks by path; it resets sys.path afterwards
         sys.path.append(_REPO)
     from figures import builder
 
+    return builder
+
+
+def _build_figures() -> dict[str, Path]:
+    builder = _builder()
     try:
+        if _SERVE["command"] == "serve":
+            return _serve_figures(builder)
         result = builder.build(builder.default_root(), packages=builder.default_packages(), log=log.info)
     except builder.FigureError as err:
         raise PluginError(str(err)) from None
     return result.outputs()
+
+
+# --- mkdocs serve: the site at once, figures as they finish ----------------------------
+#
+# `mkdocs build` (and `make build`) waits for every figure and fails on any error. `mkdocs serve` instead
+# shows what the cache already holds and a placeholder for the rest, while `python -m figures build` runs in
+# the background (its [k/N] progress lines go to the same terminal); the cache's figures/ folder is watched,
+# so every figure that lands triggers a rebuild and a live reload of the open pages.
+
+_SERVE: dict = {"command": "build", "process": None, "started_for": None}
+_PLACEHOLDER_NOTE = "图正在生成（{name}），完成后页面会自动刷新。"
+
+
+def on_startup(command, dirty):
+    _SERVE["command"] = command
+
+
+def on_serve(server, config, builder):
+    figures_dir = _builder().default_cache(_builder().default_root()) / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    server.watch(str(figures_dir))
+    return server
+
+
+def _serve_figures(builder) -> dict[str, Path]:
+    root = builder.default_root()
+    outputs, missing = builder.ready(root, packages=builder.default_packages())
+    if missing:
+        process, wanted = _SERVE["process"], frozenset(s.name for s in missing)
+        # one background build at a time; after a failed one, wait for an edit (a new set of missing scripts)
+        if (process is None or process.poll() is not None) and (
+                _SERVE["started_for"] != wanted or (process is not None and process.returncode == 0)):
+            log.info(f"figures: {len(missing)} script(s) to build; building in the background, "
+                     "pages show placeholders until then")
+            _SERVE["process"] = subprocess.Popen([sys.executable, "-m", "figures", "build"], cwd=_REPO)
+            _SERVE["started_for"] = wanted
+        placeholders = builder.default_cache(root) / "placeholders"
+        for script in missing:
+            for name in script.outputs:
+                outputs[name] = _placeholder(placeholders, name)
+    return outputs
+
+
+def _placeholder(folder: Path, name: str) -> Path:
+    """A stand-in for output ``name`` until its script has run (serve only): a grey card for an image, a
+    one-line note for a generated table."""
+    path = folder / name
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    note = _PLACEHOLDER_NOTE.format(name=name)
+    suffix = path.suffix.lower()
+    if suffix == ".svg":
+        data = (f'<svg xmlns="http://www.w3.org/2000/svg" width="480" height="80" viewBox="0 0 480 80">'
+                f'<rect width="480" height="80" fill="#eeeeee"/><text x="240" y="45" font-size="14" '
+                f'text-anchor="middle" fill="#555">{note}</text></svg>').encode()
+    elif suffix == ".png":
+        data = _grey_png(480, 80)
+    elif suffix == ".json":
+        data = b"{}\n"
+    else:
+        data = f"> {note}\n".encode()
+    tmp = path.with_name(f".{name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _grey_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + b"\xee" * width for _ in range(height))  # filter byte 0, grey level 0xee
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def on_files(files, config):
@@ -95,8 +181,11 @@ def on_page_markdown(markdown, page, config, files):
         if _SUMMARY in markdown:
             from figures import summary
 
-            markdown = markdown.replace(_SUMMARY, summary.summary_table(figure_output,
-                                                                        Path(config["docs_dir"])))
+            if any("placeholders" in path.parts for path in FIGURE_OUTPUTS.values()):  # serve, still building
+                table = _PLACEHOLDER_NOTE.format(name="复现总表")
+            else:
+                table = summary.summary_table(figure_output, Path(config["docs_dir"]))
+            markdown = markdown.replace(_SUMMARY, table)
     except (registry.RegistryError, ValueError) as err:
         raise PluginError(f"{page.file.src_uri}: {err}") from None
     return _INCLUDE.sub(lambda m: figure_output(m.group(1)).read_text(encoding="utf-8"), markdown)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from refimpl.core import LineageError
-from refimpl.ddpm import Model, ddpm_sample, q_sample
+from refimpl.ddpm import Model, ddpm_sample
+from refimpl.schedules import q_sample
 from refimpl.guidance import classifier_guided_eps, classifier_guided_mean
 from refimpl.schedules import Schedule, gather, make_schedule
 
@@ -161,7 +162,7 @@ def noisy_accuracy(classifier: torch.nn.Module, images: torch.Tensor, labels: to
     return torch.stack(out)
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 def train_config(preset: str = "quick", *, steps: int | None = None, seed: int = 0) -> dict:
     """The JSON config of a noisy-classifier run: the schedule of the DDPM digits model it guides (linear, T = 1000)
@@ -212,50 +213,3 @@ def load_classifier(ckpt, schedule: Schedule | None = None, device=None) -> torc
             raise LineageError(f"the classifier in {ckpt} was trained on a {checkpoint.config['schedule']} schedule "
                                f"with T={checkpoint.config['T']}, not the diffusion model's")
     return classifier.to(device or "cpu")
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl adm train|sample``."""
-    from refimpl.cli import add_sample_command, add_train_command, digit, nonnegative_float, positive_int
-
-    add_train_command(commands, _run_train, help="train the noisy digits classifier p(y | x_t, t); reruns resume",
-                      data=("digits",), default="digits")
-    cmd = add_sample_command(commands, _run_sample, help="classifier-guided digits from a DDPM checkpoint into a PNG",
-                             n=16)
-    cmd.add_argument("--classifier", required=True, help="noisy-classifier checkpoint directory (adm train)")
-    cmd.add_argument("--label", type=digit, required=True, help="the digit to generate, 0-9")
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=1.0,
-                     help="gradient scale s >= 0 (default 1; 0: unguided)")
-    cmd.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                     help="ddim: Algorithm 2, --steps steps (default); ddpm: Algorithm 1, all T steps")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained the noisy classifier for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.ddpm import load_for_sampling
-    from refimpl.plots import save_samples
-
-    device = pick_device(args.device)
-    model, schedule, shape = load_for_sampling(args.ckpt, device)
-    if shape != (1, 8, 8):
-        raise LineageError(f"{args.ckpt} is not a digits model: classifier guidance here needs DDPM digits")
-    classifier = load_classifier(args.classifier, schedule, device)
-    generator = torch.Generator().manual_seed(args.seed)
-    x_T = torch.randn((args.n, *shape), generator=generator).to(device)
-    x0 = guided_sample(model, classifier_grad_fn(classifier, args.label), x_T, schedule, scale=args.guidance_scale,
-                       sampler=args.sampler, steps=args.steps, generator=generator, disable=args.quiet)
-    save_samples(x0.cpu(), args.out)
-    print(f"wrote {args.n} samples of digit {args.label} (scale {args.guidance_scale}, {args.sampler}) to {args.out}")
-    return 0

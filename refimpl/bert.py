@@ -219,62 +219,17 @@ def load(ckpt) -> tuple[BERT, CharTokenizer]:
     """Rebuild a checkpoint's model and tokenizer from its recorded config, on CPU in eval mode."""
     from refimpl import checkpoint
 
-    data = checkpoint.load(ckpt, expect_model="bert")
+    def build(data):
+        _tokenizer(data.config)  # a bad vocabulary is a corrupt checkpoint too
+        return BERT(**data.config["model"])
+
+    model, data = checkpoint.load_module(ckpt, expect_model="bert", build=build)
+    return model, _tokenizer(data.config)
+
+
+def _tokenizer(config: dict) -> CharTokenizer:
+    """The tokenizer of a checkpoint's config; characters that do not make one raise ValueError."""
     try:
-        tokenizer = CharTokenizer(data.config["chars"])
-        model = BERT(**data.config["model"])
-        model.load_state_dict(data.model_state, strict=True)
-    except (KeyError, TypeError, RuntimeError, LineageError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a bert model ({first})") from None
-    return model.eval(), tokenizer
-
-
-# --- command line ---------------------------------------------------------------------
-
-def add_commands(commands) -> None:
-    """``python -m refimpl bert train|fill``."""
-    from refimpl.cli import add_common, add_preset, positive_int
-
-    cmd = commands.add_parser("train", help="masked-LM pre-training on the notes; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("fill", help=f"predict each {PLACEHOLDER} in a text (top-k characters)")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    cmd.add_argument("--text", required=True, help=f'text with {PLACEHOLDER} placeholders, e.g. "扩散{PLACEHOLDER}型"')
-    cmd.add_argument("--top-k", type=positive_int, default=5, help="candidates per placeholder (default 5)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_fill)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, steps=args.steps, seed=args.seed)
-    model, history = train(config, args.out, device=device, progress=not args.quiet)
-    tokenizer, train_ids, held_ids = text_data(config["chars"])
-    scores = held_out_scores(model, tokenizer, train_ids, held_ids)
-    last = f", final training loss {history[-1][1]:.3f}" if history else ""
-    print(f"trained bert for {config['steps']} steps on {device}{last}; held-out masked-token loss "
-          f"{scores['model']:.3f} nats (unigram baseline {scores['unigram']:.3f}); checkpoint: {args.out}")
-    return 0
-
-
-def _run_fill(args) -> int:
-    from refimpl.core import pick_device
-
-    if PLACEHOLDER not in args.text:
-        raise LineageError(f"--text has no {PLACEHOLDER} to fill")
-    model, tokenizer = load(args.ckpt)
-    candidates = fill(model.to(pick_device(args.device)), tokenizer, args.text, k=args.top_k)
-    filled = args.text
-    for i, cands in enumerate(candidates, 1):
-        filled = filled.replace(PLACEHOLDER, cands[0][0], 1)
-        print(f"{PLACEHOLDER} #{i}: " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in cands))
-    print(f"greedy: {filled}")
-    return 0
+        return CharTokenizer(config["chars"])
+    except LineageError as err:
+        raise ValueError(str(err)) from None

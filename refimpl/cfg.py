@@ -73,7 +73,7 @@ def guided_model(net: torch.nn.Module, y, *, w: float | None = None, guidance_sc
 # --8<-- [end:guided_model]
 
 
-# --- training, sampling and command line ---------------------------------------------
+# --- training and sampling ------------------------------------------------------------
 
 def train_config(preset: str = "quick", *, p_uncond: float = P_UNCOND, steps: int | None = None,
                  seed: int = 0) -> dict:
@@ -157,54 +157,3 @@ def diversity(features: torch.Tensor, labels: torch.Tensor) -> float:
         if n > 1:
             per_class.append(torch.cdist(f, f).sum() / (n * (n - 1)))
     return float(torch.stack(per_class).mean())
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl cfg train|sample``."""
-    from refimpl.cli import add_common, add_preset, add_sample_command, digit, positive_int
-
-    train_cmd = commands.add_parser("train", help="train one network as a conditional and an unconditional "
-                                                  "model on digits (Algorithm 1); reruns resume")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--p-uncond", type=float, default=P_UNCOND,
-                           help=f"probability of dropping the label (default {P_UNCOND})")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = add_sample_command(commands, _run_sample, help="sample guided digits of one class into a PNG", n=64)
-    sample_cmd.add_argument("--label", type=digit, default=0, help="the digit to draw, 0-9 (default 0)")
-    sample_cmd.add_argument("--guidance-scale", type=float, default=3.0,
-                            help="diffusers' guidance_scale s = 1 + w of Eq. (6): 0 unconditional, 1 conditional "
-                                 "(no guidance), > 1 guided (default 3.0)")
-    sample_cmd.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                            help="ddim (eta = 0, --steps steps) or ddpm (ancestral, all T = 1000 steps)")
-    sample_cmd.add_argument("--steps", type=positive_int, help="DDIM steps (default 50; not for --sampler ddpm)")
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, p_uncond=args.p_uncond, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained cfg on digits for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    if args.sampler == "ddpm" and args.steps is not None:
-        raise LineageError("--steps is for --sampler ddim; the ddpm sampler always runs all T steps")
-    net, schedule = load_for_sampling(args.ckpt, pick_device(args.device))
-    labels = torch.full((args.n,), args.label, dtype=torch.long)
-    x0 = sample(net, schedule, labels, guidance_scale=args.guidance_scale, sampler=args.sampler,
-                steps=args.steps or 50, seed=args.seed, disable=args.quiet)
-    save_samples(x0.cpu(), args.out)
-    print(f"wrote {args.n} samples of digit {args.label} (guidance scale {args.guidance_scale}, {args.sampler}) "
-          f"to {args.out}")
-    return 0

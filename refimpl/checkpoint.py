@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -137,6 +137,22 @@ def load(directory: str | os.PathLike, *, expect_model: str | None = None) -> Ch
     return Checkpoint(model=model, config=meta.get("config", {}), step=step,
                       model_state=groups["model"], optimizer_state=groups["optimizer"],
                       rng_state=groups["rng"], extra=meta.get("extra", {}))
+
+
+def load_module(directory: str | os.PathLike, *, expect_model: str,
+                build: Callable[[Checkpoint], torch.nn.Module]) -> tuple[torch.nn.Module, Checkpoint]:
+    """Read a checkpoint, rebuild its network with ``build(checkpoint)`` from the recorded config and load the
+    weights strictly (CPU, eval mode). A config that does not describe the weights (a missing key, a wrong
+    shape) is a corrupt checkpoint: one LineageError naming the directory, never a traceback."""
+    data = load(directory, expect_model=expect_model)
+    try:
+        module = build(data)
+        module.load_state_dict(data.model_state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LineageError(f"corrupt checkpoint: {directory} does not describe a {expect_model} model "
+                           f"({first})") from None
+    return module.eval(), data
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,5 +1,6 @@
 """CLIP: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (ICML 2021),
-arXiv 2103.00020, at toy scale: 8x8 digits paired with English and Chinese captions from a small template grammar.
+arXiv 2103.00020, at toy scale: 8x8 digits paired with English and Chinese captions from a small template grammar
+(refimpl.captions.templates, shared with unCLIP and Imagen).
 
 - Two encoders (Sec. 2.4): an image encoder (refimpl.nets.EncoderNet, evaluated at t = 0: clean images) and a
   text encoder (refimpl.transformer.TransformerStack with masked, i.e. causal, self-attention; the last
@@ -23,33 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refimpl.captions import caption, templates
+from refimpl.checkpoint import load_module
 from refimpl.core import LineageError
+from refimpl.data import held_out_digits, training_digits
 from refimpl.text import CharTokenizer
 from refimpl.transformer import TransformerStack
 
+
 # --8<-- [start:captions]
-EN_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ZH_WORDS = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
-#: caption templates per language; {en} / {zh} is the digit's name, {d} the numeral "3"
-TEMPLATES = {
-    "en": ("a photo of the digit {en}", "the number {en}", "a handwritten {d}", "{en}"),
-    "zh": ("数字{zh}的照片", "数字{zh}", "手写的{d}", "{zh}"),
-}
-TEMPLATE_SETS = ("en", "zh", "both")  # zero-shot prompt sets; "both" ensembles all eight templates
-
-
-def templates(which: str = "both") -> tuple[str, ...]:
-    """The templates of one language ("en", "zh") or of both."""
-    if which not in TEMPLATE_SETS:
-        raise LineageError(f"unknown template set {which!r} (choose from {', '.join(TEMPLATE_SETS)})")
-    return TEMPLATES["en"] + TEMPLATES["zh"] if which == "both" else TEMPLATES[which]
-
-
-def caption(template: str, label: int) -> str:
-    """``template`` filled in with digit ``label``: every caption names exactly one digit."""
-    return template.format(en=EN_WORDS[label], zh=ZH_WORDS[label], d=label)
-
-
 def tokenizer() -> CharTokenizer:
     """One token per character (a Chinese character is one token), built from every caption."""
     return CharTokenizer.from_text("".join(caption(t, k) for t in templates() for k in range(10)))
@@ -133,15 +116,11 @@ def zero_shot(model: CLIP, tok: CharTokenizer, images: torch.Tensor, which: str 
 # --8<-- [end:zero-shot]
 
 
-# --- data, training and command line ---------------------------------------------------
+# --- data and training -----------------------------------------------------------------
 
 def split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(train, held-out) digits: the last refimpl.digits_eval.HOLDOUT digits are never trained on."""
-    from refimpl.data import digits
-    from refimpl.digits_eval import HOLDOUT
-
-    images, labels = digits()
-    return (images[:-HOLDOUT], labels[:-HOLDOUT]), (images[-HOLDOUT:], labels[-HOLDOUT:])
+    """(train, held-out) digits: the last refimpl.data.HOLDOUT digits are never trained on."""
+    return training_digits(), held_out_digits()
 
 
 # --8<-- [start:batch]
@@ -208,17 +187,12 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
 
 def load(ckpt) -> tuple[CLIP, CharTokenizer, dict]:
     """Rebuild a checkpoint's CLIP (on CPU, eval mode), its tokenizer (from the recorded ``chars``) and config."""
-    from refimpl import checkpoint
+    def build(data):
+        CharTokenizer(data.config["chars"])  # a config without its vocabulary is corrupt too
+        return CLIP(**data.config["model"])
 
-    data = checkpoint.load(ckpt, expect_model="clip")
-    try:
-        model = CLIP(**data.config["model"])
-        model.load_state_dict(data.model_state, strict=True)
-        tok = CharTokenizer(data.config["chars"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a clip model ({first})") from None
-    return model.eval(), tok, data.config
+    model, data = load_module(ckpt, expect_model="clip", build=build)
+    return model, CharTokenizer(data.config["chars"]), data.config
 
 
 def held_out_accuracy(model: CLIP, tok: CharTokenizer, which: str = "both") -> float:
@@ -234,52 +208,3 @@ def similarity(model: CLIP, tok: CharTokenizer, which: str = "both") -> torch.Te
     _, (images, labels) = split()
     first = torch.stack([(labels == k).nonzero()[0, 0] for k in range(10)])
     return (model.image_features(images[first]) @ class_embeddings(model, tok, which).T).cpu()
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl clip train|zero-shot|similarity``."""
-    from refimpl.cli import add_common, add_preset, positive_int
-
-    cmd = commands.add_parser("train", help="contrastive pre-training on captioned digits; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-    for name, run, what in (("zero-shot", _run_zero_shot, "zero-shot accuracy on the 297 held-out digits"),
-                            ("similarity", _run_similarity, "cosine similarity of one held-out image per digit "
-                                                            "with each digit's prompts")):
-        cmd = commands.add_parser(name, help=what)
-        cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-        cmd.add_argument("--templates", choices=TEMPLATE_SETS, default=None if run is _run_zero_shot else "both",
-                         help="prompt templates: en, zh or both (ensemble); zero-shot default: each in turn, "
-                              "similarity default: both")
-        cmd.set_defaults(run=run)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained clip for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_zero_shot(args) -> int:
-    model, tok, _ = load(args.ckpt)
-    for which in [args.templates] if args.templates else TEMPLATE_SETS:
-        print(f"zero-shot accuracy ({which} templates) on {len(split()[1][1])} held-out digits: "
-              f"{held_out_accuracy(model, tok, which):.3f} (chance 0.100)")
-    return 0
-
-
-def _run_similarity(args) -> int:
-    model, tok, _ = load(args.ckpt)
-    matrix = similarity(model, tok, args.templates)
-    print("image \\ prompt " + " ".join(f"{j:>5}" for j in range(10)))
-    for k, row in enumerate(matrix.tolist()):
-        print(f"digit {k:<9}" + " ".join(f"{v:5.2f}" for v in row))
-    return 0

@@ -104,7 +104,7 @@ class ControlledDenoiser(nn.Module):
 # --8<-- [end:controlnet]
 
 
-# --- training, sampling, command line ------------------------------------------------------
+# --- training, sampling, evaluation -------------------------------------------------------
 
 #: sizes per preset (the preset changes sizes, never the algorithm)
 PRESETS = {
@@ -150,7 +150,8 @@ def train(config: dict, base, out=None, *, device=None, resume: bool = True, pro
     Returns (controlled denoiser, (autoencoder, schedule, scale), loss history)."""
     from refimpl import ldm
     from refimpl.ddpm import loss_simple
-    from refimpl.glide import drop_captions, fit_config, random_captions
+    from refimpl.captions import drop_captions, random_captions
+    from refimpl.training import fit_config
 
     device = torch.device(device or "cpu")
     model, (autoencoder, schedule, scale) = _controlled(base, config)
@@ -175,14 +176,14 @@ def load(ckpt, base) -> tuple[ControlledDenoiser, tuple]:
     """A trained ControlNet on its base LDM: (controlled denoiser, (autoencoder, schedule, scale)), eval mode."""
     from refimpl import checkpoint
 
-    data = checkpoint.load(ckpt, expect_model="controlnet")
-    model, rest = _controlled(base, data.config)
-    try:
-        model.control.load_state_dict(data.model_state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: weights in {ckpt} do not fit their config ({first})") from None
-    return model.eval(), rest
+    built: dict = {}
+
+    def build(data):
+        built["model"], built["rest"] = _controlled(base, data.config)
+        return built["model"].control  # the checkpoint holds the ControlNet's weights only
+
+    checkpoint.load_module(ckpt, expect_model="controlnet", build=build)
+    return built["model"].eval(), built["rest"]
 
 
 # --8<-- [start:sample]
@@ -194,7 +195,8 @@ def sample(model: ControlledDenoiser, autoencoder, schedule, scale: float, texts
     (refimpl.glide.cfg_model); the control map stays in both halves of the guided batch (as in diffusers'
     StableDiffusionControlNetPipeline)."""
     from refimpl.ddim import ddim_sample
-    from refimpl.glide import cfg_model, tokenize
+    from refimpl.captions import tokenize
+    from refimpl.ldm import cfg_model
 
     if not guidance_scale >= 0:
         raise LineageError(f"guidance scale must be >= 0, got {guidance_scale}")
@@ -224,46 +226,6 @@ def control_maps(n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return edges(images[offset:offset + n]), labels[offset:offset + n]
 
 
-def add_commands(commands) -> None:
-    """``python -m refimpl controlnet train|sample``."""
-    from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
-
-    cmd = commands.add_parser("train", help="train a ControlNet (edge maps) on a locked LDM; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--base", required=True, help="LDM run directory written by `ldm train`")
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory (ControlNet weights only)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("sample", help="digits following the edge maps of held-out digits, into a PNG")
-    cmd.add_argument("--base", required=True, help="the LDM run the ControlNet was trained on")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by `controlnet train`")
-    cmd.add_argument("--caption", default="", help='caption (default: empty, the control map alone)')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
-    cmd.add_argument("--conditioning-scale", type=nonnegative_float, default=1.0,
-                     help="weight of the ControlNet residuals (default 1; 0 = the base model)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples (one per held-out edge map)")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png): maps above samples")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.base, args.preset, steps=args.steps, seed=args.seed)
-    model, (autoencoder, schedule, scale), history = train(config, args.base, args.out, device=device,
-                                                           progress=not args.quiet)
-    accuracy = control_accuracy(model, autoencoder, schedule, scale, device=device)
-    loss = f"; loss {history[-1][1]:.4f}" if history else ""  # none logged in runs shorter than 10 steps
-    print(f"trained a ControlNet ({sum(p.numel() for p in model.control.parameters())} parameters, "
-          f"{config['steps']} steps) on {device}{loss}; empty caption: the classifier reads "
-          f"the control map's digit in {accuracy:.0%} of 100 samples; checkpoint: {args.out}")
-    return 0
-
-
 def control_accuracy(model, autoencoder, schedule, scale, *, n: int = 100, caption: str = "",
                      conditioning_scale: float = 1.0, device=None) -> float:
     """Share of samples (held-out edge maps, ``caption`` for all) that refimpl.digits_eval.classifier() reads as
@@ -275,20 +237,3 @@ def control_accuracy(model, autoencoder, schedule, scale, *, n: int = 100, capti
                device=device)
     with torch.no_grad():
         return (classifier()(x.cpu().clamp(-1, 1)).argmax(1) == labels).float().mean().item()
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.glide import tokenize
-    from refimpl.plots import image_grid, save
-
-    tokenize([args.caption])  # refuse unknown words before loading anything
-    model, (autoencoder, schedule, scale) = load(args.ckpt, args.base)
-    conditions, _ = control_maps(args.n)
-    x = sample(model, autoencoder, schedule, scale, [args.caption] * args.n, conditions,
-               guidance_scale=args.guidance_scale, conditioning_scale=args.conditioning_scale, seed=args.seed,
-               device=pick_device(args.device))
-    grid = torch.stack([conditions * 2 - 1, x.cpu()])  # row 0: the maps (0..1 shown as -1..1), row 1: samples
-    save(image_grid(grid, row_titles=["edges", "sample"], size=0.6), args.out)
-    print(f"wrote {args.n} edge maps (top) and the samples they controlled (bottom) to {args.out}")
-    return 0

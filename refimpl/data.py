@@ -105,6 +105,21 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return _DIGITS[0].clone(), _DIGITS[1].clone()
 
 
+HOLDOUT = 297  # the last 297 of the 1797 digits: no model of the project trains on them (nor the digits_eval probe)
+
+
+def training_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The training digits and labels: all but the last :data:`HOLDOUT`."""
+    images, labels = digits()
+    return images[:-HOLDOUT], labels[:-HOLDOUT]
+
+
+def held_out_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The last :data:`HOLDOUT` digits and labels, never trained on."""
+    images, labels = digits()
+    return images[-HOLDOUT:], labels[-HOLDOUT:]
+
+
 def sampler(name: str, generator: torch.Generator | None = None, *,
             labels: bool = False) -> Callable[[int], torch.Tensor]:
     """A function ``batch(batch_size, generator=generator)`` drawing training batches (on CPU).

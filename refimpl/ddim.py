@@ -21,64 +21,13 @@ step lands on. A model is any callable ``model(x_t, t) -> eps`` with ``t`` an in
 
 from __future__ import annotations
 
-import argparse
-import math
 
 import torch
 
 from refimpl.core import LineageError, gaussian_like, progress
 from refimpl.ddpm import Model, predict_x0
-from refimpl.schedules import Schedule
+from refimpl.schedules import Schedule, timesteps
 
-SPACINGS = ("uniform", "quadratic")
-
-
-# --8<-- [start:timesteps]
-def timesteps(T: int, steps: int, spacing: str = "uniform") -> list[int]:
-    """DDIM Appendix D.2: the increasing sub-sequence tau of code timesteps that the sampler visits.
-
-    The paper picks tau_i = floor(c i) ("linear", here "uniform") or tau_i = floor(c i^2)
-    ("quadratic"), "with c such that tau_{-1} is close to T". We read the rule as the authors'
-    released code does (ermongroup/ddim, runners/diffusion.py: ``range(0, T, T // S)`` and
-    ``int(linspace(0, sqrt(0.8 T), S) ** 2)``): i = 0, ..., S-1 with S = ``steps``, on the
-    0-indexed code timesteps, so
-
-        uniform:   tau_i = floor(c i),    c = T / S      (0, T/S, 2T/S, ..., T - T/S)
-        quadratic: tau_i = floor(c i^2),  c = T / S^2    (0, T/S^2, 4T/S^2, ..., T (1 - 1/S)^2)
-
-    computed exactly in integers. Code tau_i is the paper's timestep tau_i + 1: the first element
-    is always code 0 = the paper's t = 1, and the last reverse step goes from there to x_0 with
-    alpha_bar_prev = 1 (the paper's alpha_bar_0 := 1). In both rules c is the one that cuts
-    [0, T) into S equal pieces (in t, or in sqrt(t)) and tau_i is where piece i starts.
-
-    Differences from other readings, all deliberate: the authors' code uses c = T // S, which
-    gives more than S timesteps when S does not divide T (S = 7: 8 of them); ours always gives
-    exactly S, and equals diffusers' ``timestep_spacing="leading"`` (c = T // S) whenever
-    floor(T i / S) = (T // S) i for all i (any S dividing T, also S = 3). The authors' quadratic
-    uses c = 0.8 T / (S-1)^2, which repeats timesteps once S > sqrt(0.8 T) + 1 (29 for T = 1000;
-    a repeated timestep is a no-op step); ours needs c >= 1 to be strictly increasing, so the
-    quadratic rule is refused for steps > floor(sqrt(T)) (31 for T = 1000). Reading the rule
-    with the paper's 1-indexed t and i = 1..S instead (tau_S = T exactly) gives diffusers'
-    ``"trailing"`` spacing, which starts from the last timestep even for tiny S; with this
-    rule a single step (S = 1) starts at code 0 and returns almost the noise it was given.
-
-    Raises LineageError for steps <= 0, steps > T, an unknown spacing, or quadratic steps > sqrt(T).
-    """
-    for name, value in (("T", T), ("steps", steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise LineageError(f"{name} must be a positive integer, got {value!r}")
-    if steps > T:
-        raise LineageError(f"steps must be at most the number of training timesteps T={T}, got {steps}")
-    if spacing == "uniform":
-        return [(T * i) // steps for i in range(steps)]  # floor(c i), c = T / S
-    if spacing == "quadratic":
-        if steps * steps > T:
-            raise LineageError(f"quadratic spacing with T={T} allows at most {math.isqrt(T)} steps "
-                               f"(floor(c i^2) with c = T/steps^2 < 1 repeats timesteps), got {steps}; "
-                               "use uniform spacing")
-        return [(T * i * i) // (steps * steps) for i in range(steps)]  # floor(c i^2), c = T / S^2
-    raise LineageError(f"unknown spacing {spacing!r} (choose from {', '.join(SPACINGS)})")
-# --8<-- [end:timesteps]
 
 
 def _levels_as_tensors(alpha_bar_t, alpha_bar_prev, like: torch.Tensor | None = None):
@@ -233,7 +182,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha) -> torch.Tensor:
 # --8<-- [end:slerp]
 
 
-# --- command line ------------------------------------------------------------------------
+# --- sampling a checkpoint ---------------------------------------------------------------
 
 def sample_from_checkpoint(ckpt, n: int, *, steps: int = 50, eta: float = 0.0, spacing: str = "uniform",
                            seed: int = 0, device=None, callback=None, disable: bool = False) -> torch.Tensor:
@@ -251,43 +200,3 @@ def sample_from_checkpoint(ckpt, n: int, *, steps: int = 50, eta: float = 0.0, s
     x_T = torch.randn((n, *shape), generator=generator).to(schedule.device)
     return ddim_sample(model, x_T, schedule, steps=steps, eta=eta, spacing=spacing, generator=generator,
                        callback=callback, disable=disable)
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl ddim sample``: DDIM sampling of a checkpoint written by ``ddpm train``."""
-    from refimpl.cli import add_common, png_path, positive_int
-
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM with DDIM (Eq. 12) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by 'ddpm train'")
-    sample_cmd.add_argument("--steps", type=positive_int, default=50, help="sampling steps S = len(tau) (default 50)")
-    sample_cmd.add_argument("--eta", type=_non_negative_float, default=0.0,
-                            help="noise scale eta >= 0 of Eq. (16): 0 = deterministic DDIM, 1 = DDPM-like (default 0)")
-    sample_cmd.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                            help="sub-sequence tau: floor(c i) or floor(c i^2) (Appendix D.2; default uniform)")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    out = args.out
-    device = pick_device(args.device)
-    x0 = sample_from_checkpoint(args.ckpt, args.n, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                                seed=args.seed, device=device, disable=args.quiet)
-    save_samples(x0.cpu(), out)
-    print(f"wrote {args.n} DDIM samples ({args.steps} {args.spacing} steps, eta={args.eta:g}) to {out}")
-    return 0

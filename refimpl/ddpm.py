@@ -21,36 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from refimpl.core import LineageError, gaussian_like, progress
-from refimpl.schedules import Schedule, gather, make_schedule
+from refimpl.schedules import Schedule, gather, make_schedule, q_sample
 
 VARIANCES = ("fixed_small", "fixed_large")
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-# --8<-- [start:q_sample]
-def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """DDPM Eq. (4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a draw from q(x_t | x_0)."""
-    alpha_bar = gather(schedule.alpha_bar, t, x0)
-    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
-# --8<-- [end:q_sample]
-
-
-# --8<-- [start:posterior]
-def posterior(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule):
-    """DDPM Eqs. (6)-(7): q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) with
-    mu_tilde = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
-             + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t.
-    Returns (mean, variance); the variance is shaped to broadcast against x_t."""
-    beta = gather(schedule.betas, t, x_t)
-    alpha = gather(schedule.alphas, t, x_t)
-    alpha_bar = gather(schedule.alpha_bar, t, x_t)
-    alpha_bar_prev = gather(schedule.alpha_bar_prev, t, x_t)
-    mean = (alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)) * x0 \
-        + (alpha.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)) * x_t
-    variance = gather(schedule.beta_tilde, t, x_t)
-    return mean, variance
-# --8<-- [end:posterior]
 
 
 # --8<-- [start:predict_x0]
@@ -140,7 +115,7 @@ def ddpm_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, variance
 # --8<-- [end:ddpm_sample]
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: sizes per preset and data kind; a preset changes sizes, never the algorithm (T = 1000, linear betas)
 PRESETS = {
@@ -216,52 +191,3 @@ def sample_from_checkpoint(ckpt, n: int, *, variance: str = "fixed_small", seed:
     x_T = torch.randn((n, *shape), generator=generator).to(schedule.device)
     return ddpm_sample(model, x_T, schedule, variance=variance, generator=generator,
                        callback=callback, disable=disable)
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl ddpm train|sample``."""
-    from refimpl.cli import add_common, add_preset, png_path, positive_int
-    from refimpl.data import DATASETS
-
-    train_cmd = commands.add_parser("train", help="train a DDPM (Algorithm 1); reruns resume")
-    train_cmd.add_argument("--data", choices=DATASETS, default="swissroll")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
-                           help="beta schedule (DDPM: linear)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM (Algorithm 2) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--variance", choices=VARIANCES, default="fixed_small",
-                            help="sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large)")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.data, args.preset, steps=args.steps, seed=args.seed, schedule=args.schedule)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained ddpm on {args.data} for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    out = args.out
-    device = pick_device(args.device)
-    x0 = sample_from_checkpoint(args.ckpt, args.n, variance=args.variance, seed=args.seed,
-                                device=device, disable=args.quiet)
-    save_samples(x0.cpu(), out)
-    print(f"wrote {args.n} samples to {out}")
-    return 0

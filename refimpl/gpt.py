@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl.core import LineageError
-from refimpl.text import CharTokenizer, corpus, unigram_nll, windows
+from refimpl.text import CharTokenizer, corpus, windows
 from refimpl.transformer import TransformerStack
 
 
@@ -103,7 +103,7 @@ def generate(model: GPT, prompt_ids: torch.Tensor, new_tokens: int, *, temperatu
 # --8<-- [end:generate]
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: sizes per preset; a preset changes sizes, never the algorithm
 PRESETS = {
@@ -163,61 +163,9 @@ def load(ckpt) -> tuple[GPT, CharTokenizer]:
     """Rebuild a checkpoint's model (CPU, eval mode) and its tokenizer from the recorded config."""
     from refimpl import checkpoint
 
-    data = checkpoint.load(ckpt, expect_model="gpt")
-    try:
-        model = GPT(**data.config["model"])
-        model.load_state_dict(data.model_state, strict=True)
-        tok = CharTokenizer(data.config["chars"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a gpt model ({first})") from None
-    return model.eval(), tok
+    def build(data):
+        CharTokenizer(data.config["chars"])  # a config without a vocabulary is a corrupt checkpoint too
+        return GPT(**data.config["model"])
 
-
-def add_commands(commands) -> None:
-    """``python -m refimpl gpt train|sample``."""
-    from refimpl.cli import add_common, add_preset, positive_float, positive_int
-
-    cmd = commands.add_parser("train", help="train a character-level GPT on the repository's notes; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("sample", help="continue a prompt with temperature / top-k sampling")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    cmd.add_argument("--prompt", required=True, help='the start of the text, e.g. "扩散模型"')
-    cmd.add_argument("--tokens", type=positive_int, default=100, help="characters to generate (default 100)")
-    cmd.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
-    cmd.add_argument("--top-k", type=positive_int, help="sample among the k most likely characters (default: all)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    data = text_data()
-    config = train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
-    model, _ = train(config, args.out, device=device, progress=not args.quiet, data=data)
-    _, train_ids, held_ids, _ = data
-    print(f"trained gpt for {config['steps']} steps on {device}; held-out loss "
-          f"{held_out_loss(model, held_ids):.3f} nats/char (unigram baseline "
-          f"{unigram_nll(train_ids, held_ids[1:], config['model']['vocab_size']):.3f}); checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-
-    model, tok = load(args.ckpt)
-    prompt = tok.encode(args.prompt, strict=True)
-    if prompt.numel() == 0:
-        raise LineageError("--prompt is empty")
-    model.to(pick_device(args.device))
-    ids = generate(model, prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                   generator=torch.Generator().manual_seed(args.seed))
-    print(tok.decode(ids))
-    return 0
+    model, data = checkpoint.load_module(ckpt, expect_model="gpt", build=build)
+    return model, CharTokenizer(data.config["chars"])

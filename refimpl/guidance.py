@@ -74,6 +74,23 @@ def cfg_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float | None = 
 # --8<-- [end:cfg_eps]
 
 
+# --8<-- [start:cfg_model]
+def cfg_model(model, condition: torch.Tensor, guidance_scale: float, *, null: torch.Tensor) -> Model:
+    """Classifier-free guidance of a conditional network ``model(x_t, t, c)`` as a two-argument ``model(x_t, t)``
+    for the project's samplers: eps(x_t | null) + s (eps(x_t | c) - eps(x_t | null)) (:func:`cfg_eps` with
+    ``guidance_scale`` s; s = 1 is the conditional model), one batched forward pass of 2B rows: the conditions
+    ``condition`` (B, ...), then the null condition ``null`` expanded to their shape. With text (GLIDE Sec. 2.3) c
+    is a caption's tokens and the null condition the empty caption's (refimpl.captions.tokenize([""]))."""
+    both = torch.cat([condition, null.to(condition.device).expand_as(condition)])
+
+    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps_c, eps_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
+        return cfg_eps(eps_c, eps_u, guidance_scale=guidance_scale)
+
+    return guided
+# --8<-- [end:cfg_model]
+
+
 # --8<-- [start:labelled_mixture]
 class LabelledMixture:
     """A Gaussian mixture whose components carry class labels: p(x, y) = sum_{k: label_k = y} pi_k N(x; mu_k, S_k).

@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from refimpl.core import LineageError, gaussian_like, progress
-from refimpl.ddim import SPACINGS, timesteps
+from refimpl.schedules import timesteps
 from refimpl.ddpm import PRESETS as DDPM_PRESETS
-from refimpl.ddpm import Model, posterior, predict_x0, q_sample
+from refimpl.ddpm import Model, predict_x0
+from refimpl.schedules import posterior, q_sample
 from refimpl.ddpm import train_config as ddpm_train_config
+from refimpl.likelihood import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
 from refimpl.schedules import Schedule, gather, make_schedule
 
 VARIANCES = ("learned", "fixed_small", "fixed_large")
@@ -124,45 +126,6 @@ def reverse_mean(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule
 
 
 # --8<-- [start:vlb_terms]
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) per element, in nats:
-    (logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2) - 1) / 2."""
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
-
-
-def _log_normal_interval(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Phi(b) - Phi(a)) for a < b (either may be infinite), accurate in both tails: an interval
-    right of 0 is mirrored, Phi(b) - Phi(a) = Phi(-a) - Phi(-b), so Phi is only evaluated where it is
-    not close to 1; then log Phi(hi) + log(1 - exp(log Phi(lo) - log Phi(hi)))."""
-    mirror = a > 0
-    lo, hi = torch.where(mirror, -b, a), torch.where(mirror, -a, b)
-    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
-    return log_hi + torch.log(-torch.expm1(log_lo - log_hi))
-
-
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor, *,
-                                        bin_width: float = BIN_WIDTH) -> torch.Tensor:
-    """DDPM Sec. 3.3 (Eq. 13 there), the decoder of iDDPM's L_0 (Eq. 5): log P(x) in nats, per element, for
-    x on the grid -1, -1 + w, ..., 1 (w = ``bin_width``) under N(mean, exp(log_variance)): the mass of the
-    bin [x - w/2, x + w/2], where the lowest bin extends to -inf and the highest to +inf, so the bins tile
-    the real line and the probabilities of all grid points sum to 1.
-
-    DDPM's images have w = 2/255; the digits here have w = 1/8 (17 levels). The official code uses a
-    tanh approximation of the normal CDF and clamps probabilities at 1e-12 (at most 27.6 nats); we use
-    the exact CDF in log space, without a floor."""
-    half = bin_width / 2
-    inv_std = torch.exp(-0.5 * log_variance)
-    upper = torch.where(x > 1 - half, math.inf, (x + half - mean) * inv_std)
-    lower = torch.where(x < -1 + half, -math.inf, (x - half - mean) * inv_std)
-    return _log_normal_interval(lower, upper)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, exp(log_variance)) per element, in nats: the decoder for continuous data (2-D toys)."""
-    return -0.5 * (math.log(2 * math.pi) + log_variance + (x - mean) ** 2 * torch.exp(-log_variance))
-
-
 def vlb_terms(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, log_variance: torch.Tensor,
               schedule: Schedule, *, bin_width: float | None = BIN_WIDTH) -> torch.Tensor:
     """iDDPM Eqs. (5)-(6) for one batch at code timesteps ``t`` (B,): per sample, in bits per dimension,
@@ -340,7 +303,7 @@ def bits_per_dim(model: Model, x0: torch.Tensor, schedule: Schedule, *, variance
 # --8<-- [end:bits_per_dim]
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: the sizes of DDPM's presets (refimpl.ddpm.PRESETS); only the network's output is doubled (eps and v)
 PRESETS = DDPM_PRESETS
@@ -464,78 +427,3 @@ def nll_from_checkpoint(ckpt, n: int | None = None, *, variance: str | None = No
     result = bits_per_dim(model, x0, schedule, variance=variance, bin_width=BIN_WIDTH, batch_size=batch_size,
                           generator=generator, disable=disable)
     return result, variance
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl iddpm train|sample|nll``."""
-    from refimpl.cli import add_common, add_preset, png_path, positive_int
-    from refimpl.data import DATASETS
-
-    train_cmd = commands.add_parser("train", help="train an improved DDPM (L_hybrid, Eq. 16); reruns resume")
-    train_cmd.add_argument("--data", choices=DATASETS, default="digits")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--schedule", choices=("linear", "cosine"), default="cosine",
-                           help="beta schedule (improved DDPM: cosine, Eq. 17)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    sample_cmd = commands.add_parser("sample", help="sample an iDDPM (or DDPM) checkpoint, strided (Sec. 4), to PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory of 'iddpm train' or 'ddpm train'")
-    sample_cmd.add_argument("--steps", type=positive_int, help="sampling steps (default: all T)")
-    sample_cmd.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                            help="sub-sequence of timesteps (default uniform)")
-    sample_cmd.add_argument("--variance", choices=VARIANCES,
-                            help="reverse variance (default: learned for iDDPM, fixed_small for DDPM)")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
-
-    nll_cmd = commands.add_parser("nll", help="bits/dim (the full variational bound, Eqs. 4-7) on held-out digits")
-    nll_cmd.add_argument("--ckpt", required=True, help="a digits checkpoint written by 'iddpm train' or 'ddpm train'")
-    nll_cmd.add_argument("--n", type=positive_int, default=128,
-                         help="number of held-out digits, at most 297 (default 128: standard error ~0.03 bits/dim)")
-    nll_cmd.add_argument("--variance", choices=VARIANCES,
-                         help="reverse variance (default: learned for iDDPM, fixed_small for DDPM)")
-    nll_cmd.add_argument("--batch-size", type=positive_int, default=512, help="images per model call (default 512)")
-    add_common(nll_cmd)
-    nll_cmd.set_defaults(run=_run_nll)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.data, args.preset, steps=args.steps, seed=args.seed, schedule=args.schedule)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained iddpm on {args.data} for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    device = pick_device(args.device)
-    x0 = sample_from_checkpoint(args.ckpt, args.n, steps=args.steps, spacing=args.spacing, variance=args.variance,
-                                seed=args.seed, device=device, disable=args.quiet)
-    save_samples(x0.cpu(), args.out)
-    steps = f"{args.steps} {args.spacing}" if args.steps else "all"
-    print(f"wrote {args.n} samples ({steps} steps) to {args.out}")
-    return 0
-
-
-def _run_nll(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    result, variance = nll_from_checkpoint(args.ckpt, args.n, variance=args.variance, seed=args.seed, device=device,
-                                           batch_size=args.batch_size, disable=args.quiet)
-    n = result.total.shape[0]
-    print(f"{result.total.mean().item():.4f} bits/dim on {n} held-out digits ({variance} variance): "
-          f"L_T {result.prior.mean().item():.4f}, L_0 {result.terms[:, 0].mean().item():.4f}, "
-          f"L_1..L_(T-1) {result.terms[:, 1:].sum(1).mean().item():.4f} (digits seen in training, see the docs)")
-    return 0

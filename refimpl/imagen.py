@@ -5,7 +5,7 @@
   image and is never updated: the encoder of our small T5 (refimpl.t5, span corruption on this site's notes).
   Because it is frozen, the embeddings of the fixed caption set are computed once (:func:`embed_captions`).
 - Conditioning: the pooled (mean over tokens) text embedding is added to the timestep embedding, and the
-  denoiser cross-attends to the whole embedding sequence (refimpl.ldm.CrossAttentionBlock).
+  denoiser cross-attends to the whole embedding sequence (refimpl.transformer.CrossAttentionBlock, LDM's).
   10% of the captions are dropped in training (a learned null token is all the model then sees), so that
   classifier-free guidance works: eps~ = w eps(z_t, c) + (1 - w) eps(z_t) (Sec. 2.2, refimpl.guidance.cfg_eps).
 - Large guidance weights (Sec. 2.3): at every sampling step the predicted x_0 is clipped to [-1, 1] (static
@@ -28,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refimpl.captions import caption, templates
+from refimpl.checkpoint import load_module
 from refimpl.core import LineageError, gaussian_like, progress
-from refimpl.glide import build_seeded, fit_config
-from refimpl.ldm import CrossAttentionBlock
+from refimpl.data import HOLDOUT, training_digits
 from refimpl.nets import ResBlock, timestep_embedding
 from refimpl.schedules import Schedule, linear_betas
+from refimpl.training import build_seeded, fit_config
+from refimpl.transformer import CrossAttentionBlock
 
 CAPTION_DROP = 0.1  # Imagen, like GLIDE and CFG: share of training captions replaced by the null condition
 THRESHOLDS = ("none", "static", "dynamic")
@@ -44,10 +47,8 @@ AUG_SAMPLE = 0.2    # the fixed aug level used when sampling the cascade (our ch
 # --- frozen text encoder ----------------------------------------------------------------------------------
 
 def caption_texts() -> list[str]:
-    """The caption set: refimpl.clip's 8 English and Chinese templates for each digit, digit-major
-    (captions 8k..8k+7 name digit k)."""
-    from refimpl.clip import caption, templates
-
+    """The caption set: the 8 English and Chinese templates of refimpl.captions (CLIP's) for each digit,
+    digit-major (captions 8k..8k+7 name digit k)."""
     return [caption(template, k) for k in range(10) for template in templates()]
 
 
@@ -139,7 +140,7 @@ def drop_captions(padding: torch.Tensor, p: float, generator: torch.Generator | 
 class BaseModel(nn.Module):
     """The base text-to-image denoiser eps_theta(x_t, t, c) on (B, 1, 8, 8) pixels, a two-level U-Net: a ResBlock
     (refimpl.nets; its embedding = time MLP + pooled text) at 8x8, a stride-2 convolution to 4x4, ResBlock and
-    cross-attention block over the caption context (refimpl.ldm.CrossAttentionBlock) twice at 4x4, nearest
+    cross-attention block over the caption context (refimpl.transformer.CrossAttentionBlock) twice at 4x4, nearest
     upsampling, a ResBlock on [upsampled, 8x8 skip], conv out (zero-initialised)."""
 
     def __init__(self, text_dim: int, width: int = 32, heads: int = 4, time_dim: int = 128):
@@ -258,7 +259,8 @@ def sample(model, x_T: torch.Tensor, schedule: Schedule, *, thresholding: str = 
     thresholded at every step (Imagen Sec. 2.3): x0 = threshold((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)),
     x_{t-1} = mu_tilde(x_t, x0) + sqrt(beta_tilde_t) z, no noise at the last step. ``model(x_t, t) -> eps``;
     ``callback(t, x_{t-1}, x0)`` after each step."""
-    from refimpl.ddpm import posterior, predict_x0
+    from refimpl.ddpm import predict_x0
+    from refimpl.schedules import posterior
 
     threshold(x_T[:1], thresholding, p)  # refuse a bad kind or percentile before any model call
     schedule = schedule.to(x_T.device)
@@ -319,7 +321,7 @@ def upsample(sr: SuperResolution, low: torch.Tensor, embeddings: torch.Tensor, p
     return sample(eps, x_T, schedule, thresholding="static", generator=generator, disable=disable)
 
 
-# --- training and command line -------------------------------------------------------------------------------
+# --- training ------------------------------------------------------------------------------------------------
 
 #: sizes per preset; a preset changes sizes, never the algorithm (T = 100 for both stages)
 PRESETS = {
@@ -339,8 +341,6 @@ def train_config(encoder: FrozenTextEncoder, preset: str = "quick", *, base_step
                  sr_steps: int | None = None, aug_max: float = AUG_MAX, seed: int = 0) -> dict:
     """The two stages' JSON configs ``{"base": ..., "sr": ...}``; both record the frozen encoder's digest.
     ``aug_max = 0`` trains the super-resolution model without noise conditioning augmentation."""
-    from refimpl.digits_eval import HOLDOUT
-
     if preset not in PRESETS:
         raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if not 0.0 <= aug_max <= 1.0:
@@ -369,7 +369,6 @@ def train(config: dict, table: dict, out=None, *, device=None, resume: bool = Tr
     learns 8x8 digits; the super-resolution model learns high_res(x) given augment(x, a), a ~ U[0, aug_max].
     With ``out``, checkpoints go to out/base and out/sr (each resumable). Returns ({stage: model}, {stage: history})."""
     from refimpl.ddpm import loss_simple
-    from refimpl.ldm import training_digits
 
     device = torch.device(device or "cpu")
     images, labels = training_digits()
@@ -400,17 +399,12 @@ def train(config: dict, table: dict, out=None, *, device=None, resume: bool = Tr
 
 def load(run, stage: str) -> tuple[nn.Module, Schedule, dict]:
     """One stage ("base" or "sr") of a run written by :func:`train`, on CPU in eval mode: (model, schedule, config)."""
-    from refimpl import checkpoint
+    def build(data):
+        make_imagen_schedule(data.config["T"])  # a config without its schedule is corrupt too
+        return (BaseModel if stage == "base" else SuperResolution)(**data.config["model"])
 
-    data = checkpoint.load(Path(run) / stage, expect_model=f"imagen-{stage}")
-    try:
-        model = (BaseModel if stage == "base" else SuperResolution)(**data.config["model"])
-        model.load_state_dict(data.model_state, strict=True)
-        schedule = make_imagen_schedule(data.config["T"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: {Path(run) / stage} is not an imagen-{stage} model ({first})") from None
-    return model.eval(), schedule, data.config
+    model, data = load_module(Path(run) / stage, expect_model=f"imagen-{stage}", build=build)
+    return model, make_imagen_schedule(data.config["T"]), data.config
 
 
 def load_encoder(ckpt) -> FrozenTextEncoder:
@@ -418,69 +412,3 @@ def load_encoder(ckpt) -> FrozenTextEncoder:
     from refimpl import t5
 
     return FrozenTextEncoder(*t5.load(ckpt))
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl imagen train|sample``."""
-    from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
-
-    cmd = commands.add_parser("train", help="train the base model and the 8x8 -> 16x16 super-resolution model on "
-                                            "frozen T5 caption embeddings; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--t5", required=True, help="checkpoint of 'python -m refimpl t5 train' (the frozen encoder)")
-    cmd.add_argument("--base-steps", type=positive_int, help="base model steps (default: the preset's)")
-    cmd.add_argument("--sr-steps", type=positive_int, help="super-resolution steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (base/ and sr/ checkpoints)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("sample", help="sample 8x8 digits for a caption and super-resolve them to 16x16 (PNG)")
-    cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-    cmd.add_argument("--t5", required=True, help="the T5 checkpoint the run was trained with")
-    cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
-    cmd.add_argument("--guidance", type=nonnegative_float, default=5.0, help="w of Eq. 2 (default 5; 1 = none)")
-    cmd.add_argument("--thresholding", choices=THRESHOLDS, default="dynamic", help="x_0 thresholding (default dynamic)")
-    cmd.add_argument("--aug-level", type=nonnegative_float, default=AUG_SAMPLE,
-                     help=f"noise conditioning aug level of the SR stage, in [0, 1] (default {AUG_SAMPLE})")
-    cmd.add_argument("--n", type=positive_int, default=8, help="number of samples (default 8)")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png): 8x8 row over 16x16 row")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    encoder = load_encoder(args.t5)
-    config = train_config(encoder, args.preset, base_steps=args.base_steps, sr_steps=args.sr_steps, seed=args.seed)
-    _, history = train(config, embed_captions(encoder, caption_texts()), args.out, device=device,
-                       progress=not args.quiet)
-    losses = ", ".join(f"{stage} loss {h[-1][1]:.4f}" for stage, h in history.items() if h)
-    print(f"trained the base model ({config['base']['steps']} steps) and the super-resolution model "
-          f"({config['sr']['steps']} steps) on {device} with the frozen T5 encoder {config['base']['text_encoder']}; "
-          f"{losses}; checkpoints: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    if args.aug_level > 1:
-        raise LineageError(f"the aug level must lie in [0, 1], got {args.aug_level}")
-    encoder = load_encoder(args.t5)
-    embeddings, padding = encoder([args.caption] * args.n)
-    base, schedule, config = load(args.ckpt, "base")
-    sr, sr_schedule, _ = load(args.ckpt, "sr")
-    if config["text_encoder"] != encoder.digest():
-        raise LineageError(f"{args.ckpt} was trained with another T5 encoder than {args.t5}")
-    device = pick_device(args.device)
-    low = generate(base, embeddings, padding, schedule, w=args.guidance, thresholding=args.thresholding,
-                   seed=args.seed, device=device, disable=args.quiet).cpu()
-    high = upsample(sr, low, embeddings, padding, sr_schedule, aug_level=args.aug_level, seed=args.seed,
-                    device=device, disable=args.quiet).cpu()
-    save_samples(torch.cat([high_res(low.clamp(-1, 1)), high]), args.out)
-    print(f"wrote {args.n} samples for {args.caption!r} (w = {args.guidance}, {args.thresholding} thresholding; "
-          f"first the 8x8 samples upsampled bicubically, then the super-resolution model's) to {args.out}")
-    return 0

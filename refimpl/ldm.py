@@ -15,7 +15,7 @@ arXiv 2112.10752, at toy scale: captioned 8x8 digits, the text-to-image recipe t
   captions are replaced by the empty caption, so classifier-free guidance (refimpl.guidance.cfg_eps) works.
 - Sampling: DDIM (refimpl.ddim) in latent space, then x = D(z / s).
 
-Captions and the word tokenizer are refimpl.glide's. Timesteps are 0-indexed in code (code t = paper t - 1).
+Captions and the word tokenizer are refimpl.captions'. Timesteps are 0-indexed in code (code t = paper t - 1).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refimpl.checkpoint import weights_digest
+from refimpl import guidance
+from refimpl.captions import MAX_LEN, VOCAB, drop_captions, random_captions, tokenize
+from refimpl.checkpoint import load_module, weights_digest
 from refimpl.core import LineageError
-from refimpl.digits_eval import HOLDOUT
-from refimpl.glide import (MAX_LEN, VOCAB, build_seeded, cfg_model, drop_captions, fit_config, random_captions,
-                           tokenize)
+from refimpl.data import HOLDOUT, held_out_digits, training_digits
 from refimpl.nets import ResBlock, timestep_embedding
 from refimpl.schedules import Schedule, make_schedule
-from refimpl.transformer import Block, TransformerStack
+from refimpl.training import build_seeded, fit_config
+from refimpl.transformer import CrossAttentionBlock, TransformerStack
 
 CAPTION_DROP = 0.1  # share of empty captions in training (the null condition of classifier-free guidance)
 
@@ -101,32 +102,11 @@ def latent_scale(model: Autoencoder, images: torch.Tensor, generator: torch.Gene
 
 
 # --8<-- [start:denoiser]
-class CrossAttentionBlock(nn.Module):
-    """LDM Eq. (3) inside a spatial Transformer: the feature map (B, C, H, W) becomes H*W tokens; a
-    refimpl.transformer.Block with ``cross=True`` runs self-attention, then cross-attention with queries from the
-    feature map and keys/values from the caption features tau_theta(y) (B, M, C), then an MLP; padded caption
-    tokens are masked out as keys. The projection back is zero-initialised (a residual that starts as identity)."""
-
-    def __init__(self, channels: int, heads: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(8, channels)
-        self.block = Block(channels, heads, cross=True)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
-
-    def forward(self, h: torch.Tensor, context: torch.Tensor, context_padding_mask: torch.Tensor) -> torch.Tensor:
-        b, c, height, width = h.shape
-        tokens = self.norm(h).flatten(2).transpose(1, 2)  # (B, H*W, C): phi_i(z_t), the queries' source
-        tokens = self.block(tokens, context=context, context_padding_mask=context_padding_mask)
-        return h + self.proj_out(tokens.transpose(1, 2).reshape(b, c, height, width))
-
-
 class LatentDenoiser(nn.Module):
     """eps_theta(z_t, t, tau_theta(y)) on (B, c, 4, 4) latents: conv in, ResBlock (refimpl.nets, time embedding),
-    cross-attention block, ResBlock, cross-attention block, conv out (zero-initialised). The caption encoder
-    tau_theta is a refimpl.transformer.TransformerStack of the same width over refimpl.glide's word tokens, trained
-    jointly (LDM Eq. 3); ``forward(z_t, t, tokens)``."""
+    cross-attention block (refimpl.transformer.CrossAttentionBlock), ResBlock, cross-attention block, conv out
+    (zero-initialised). The caption encoder tau_theta is a refimpl.transformer.TransformerStack of the same width
+    over refimpl.captions' word tokens, trained jointly (LDM Eq. 3); ``forward(z_t, t, tokens)``."""
 
     def __init__(self, latent_channels: int = 2, width: int = 64, heads: int = 4, time_dim: int = 128,
                  text_depth: int = 2):
@@ -161,14 +141,21 @@ class LatentDenoiser(nn.Module):
 
 
 # --8<-- [start:sample]
+def cfg_model(model, tokens: torch.Tensor, guidance_scale: float):
+    """Classifier-free guidance on a caption: eps(z_t | empty) + s (eps(z_t | y) - eps(z_t | empty)) as a
+    two-argument ``model(z_t, t)`` for the samplers (refimpl.guidance.cfg_model, the empty caption as the null
+    condition; s = 1: no guidance)."""
+    return guidance.cfg_model(model, tokens, guidance_scale, null=tokenize([""]))
+
+
 @torch.no_grad()
 def sample(autoencoder: Autoencoder, model: LatentDenoiser, texts: list[str] | torch.Tensor, schedule: Schedule,
            scale: float, *,
            guidance_scale: float = 3.0, steps: int = 50, seed: int = 0, device=None,
            disable: bool = True) -> torch.Tensor:
-    """One image per caption (``texts``: captions, or their tokens for a vocabulary refimpl.glide.tokenize does not
-    know, such as DreamBooth's extended one): z_T ~ N(0, I) (B, c, 4, 4) from ``seed``, DDIM (eta 0, ``steps`` steps) on
-    eps(z_t | empty) + s (eps(z_t | y) - eps(z_t | empty)) (refimpl.glide.cfg_model; s = 1: no guidance), then
+    """One image per caption (``texts``: captions, or their tokens for a vocabulary refimpl.captions.tokenize does
+    not know, such as DreamBooth's extended one): z_T ~ N(0, I) (B, c, 4, 4) from ``seed``, DDIM (eta 0, ``steps``
+    steps) on eps(z_t | empty) + s (eps(z_t | y) - eps(z_t | empty)) (:func:`cfg_model`; s = 1: no guidance), then
     x = D(z_0 / scale)."""
     from refimpl.ddim import ddim_sample
 
@@ -184,7 +171,7 @@ def sample(autoencoder: Autoencoder, model: LatentDenoiser, texts: list[str] | t
 # --8<-- [end:sample]
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: sizes per preset; a preset changes sizes, never the algorithm (f = 2, c = 2, KL weight 1e-6, T = 1000 linear)
 PRESETS = {
@@ -196,20 +183,9 @@ PRESETS = {
 KL_WEIGHT = 1e-6
 
 
-def training_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The training digits (all but the last HOLDOUT)."""
-    from refimpl.data import digits
-
-    images, labels = digits()
-    return images[:-HOLDOUT], labels[:-HOLDOUT]
-
-
 def held_out() -> tuple[torch.Tensor, torch.Tensor]:
-    """The last HOLDOUT digits and labels, never seen by either stage."""
-    from refimpl.data import digits
-
-    images, labels = digits()
-    return images[-HOLDOUT:], labels[-HOLDOUT:]
+    """The last refimpl.data.HOLDOUT digits and labels, never seen by either stage (refimpl.data.held_out_digits)."""
+    return held_out_digits()
 
 
 def train_config(preset: str = "quick", *, steps: int | None = None, ae_steps: int | None = None,
@@ -230,7 +206,7 @@ def train_config(preset: str = "quick", *, steps: int | None = None, ae_steps: i
 # --8<-- [start:train]
 def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True):
     """Stage 1: the autoencoder (L1 + KL_WEIGHT * KL) on the training digits; then the scale factor
-    s = 1 / std(z); stage 2: L_simple on s * z with captions (refimpl.glide's) of which config["caption_drop"]
+    s = 1 / std(z); stage 2: L_simple on s * z with captions (refimpl.captions') of which config["caption_drop"]
     are emptied. With ``out``, the stages' checkpoints go to out/autoencoder and out/diffusion (each resumable).
     Returns (autoencoder, denoiser, scale, {"autoencoder": history, "diffusion": history})."""
     from refimpl.ddpm import loss_simple
@@ -268,19 +244,11 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
 def load(ckpt) -> tuple[Autoencoder, LatentDenoiser, Schedule, float]:
     """Rebuild a run written by :func:`train` (``ckpt``/autoencoder and ``ckpt``/diffusion) on CPU, eval mode:
     (autoencoder, denoiser, schedule, scale factor)."""
-    from refimpl import checkpoint
-
-    models = []
-    for sub, name, cls in (("autoencoder", "ldm-autoencoder", Autoencoder), ("diffusion", "ldm", LatentDenoiser)):
-        data = checkpoint.load(Path(ckpt) / sub, expect_model=name)
-        try:
-            model = cls(**data.config["model"])
-            model.load_state_dict(data.model_state, strict=True)
-        except (KeyError, TypeError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise LineageError(f"corrupt checkpoint: {Path(ckpt) / sub} is not an {name} model ({first})") from None
-        models.append((model.eval(), data.config))
-    (autoencoder, _), (model, config) = models
+    autoencoder, _ = load_module(Path(ckpt) / "autoencoder", expect_model="ldm-autoencoder",
+                                 build=lambda data: Autoencoder(**data.config["model"]))
+    model, data = load_module(Path(ckpt) / "diffusion", expect_model="ldm",
+                              build=lambda data: LatentDenoiser(**data.config["model"]))
+    config = data.config
     if config.get("autoencoder") != weights_digest(autoencoder):
         raise LineageError(f"{ckpt}: the diffusion model was trained on another autoencoder than the one stored")
     return autoencoder, model, make_schedule(config["schedule"], config["T"]), float(config["scale_factor"])
@@ -398,69 +366,3 @@ def anatomy(autoencoder: Autoencoder | None = None, model: LatentDenoiser | None
         schedule = make_schedule("linear", 1000)
     return {"sd_v1_512": list(SD_V1_512), "tiny_sd": trace_stable_diffusion()[0],
             "ours": trace_ours(autoencoder, model.eval(), schedule, scale)}
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl ldm train|sample|anatomy``."""
-    from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
-
-    cmd = commands.add_parser("train", help="train the autoencoder, then the latent diffusion model; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--ae-steps", type=positive_int, help="autoencoder steps (default: the preset's)")
-    cmd.add_argument("--steps", type=positive_int, help="latent diffusion steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (autoencoder/ and diffusion/ checkpoints)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("sample", help="sample digits for a caption (DDIM in latent space, CFG) into a PNG")
-    cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-    cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; 1 = no guidance)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-    cmd = commands.add_parser("anatomy", help="print the tensor shapes through Stable Diffusion and through our LDM")
-    cmd.add_argument("--ckpt", help="run directory written by train (default: random weights)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_anatomy)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, steps=args.steps, ae_steps=args.ae_steps, seed=args.seed)
-    _, _, scale, history = train(config, args.out, device=device, progress=not args.quiet)
-    losses = ", ".join(f"{name} loss {h[-1][1]:.4f}" for name, h in history.items() if h)
-    print(f"trained the autoencoder ({config['autoencoder']['steps']} steps) and the latent diffusion model "
-          f"({config['diffusion']['steps']} steps) on {device}; scale factor {scale:.4f}; {losses}; "
-          f"checkpoints: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    tokenize([args.caption])  # refuse unknown words before loading anything
-    autoencoder, model, schedule, scale = load(args.ckpt)
-    x = sample(autoencoder, model, [args.caption] * args.n, schedule, scale, guidance_scale=args.guidance_scale,
-               steps=args.steps, seed=args.seed, device=pick_device(args.device), disable=args.quiet)
-    save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples for {args.caption!r} (s = {args.guidance_scale}) to {args.out}")
-    return 0
-
-
-def _run_anatomy(args) -> int:
-    trained = load(args.ckpt) if args.ckpt else (None, None, None, 1.0)
-    traces = anatomy(*trained)
-    titles = {"sd_v1_512": "Stable Diffusion v1, 512x512 (documented)", "tiny_sd": "diffusers pipeline, tiny (traced)",
-              "ours": "our LDM (traced)"}
-    for key, trace in traces.items():
-        print(titles[key])
-        for stage, shape in trace:
-            print(f"  {stage:16s} {tuple(shape)}")
-    return 0

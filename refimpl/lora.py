@@ -24,7 +24,6 @@ Both are compared with full fine-tuning of the same model on the same data, step
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import math
@@ -32,8 +31,11 @@ import math
 import torch
 from torch import nn
 
+from refimpl.captions import NUMBER_WORDS, drop_captions, random_captions
 from refimpl.checkpoint import weights_digest  # a config names the exact base it adapts
 from refimpl.core import LineageError
+from refimpl.data import training_digits
+from refimpl.training import fit_config
 from refimpl.transformer import MultiHeadAttention
 
 
@@ -167,7 +169,6 @@ def train_style(config: dict, base, out=None, *, device=None, resume: bool = Tru
     loss history)."""
     from refimpl import ldm
     from refimpl.ddpm import loss_simple
-    from refimpl.glide import drop_captions, fit_config, random_captions
     from refimpl.styles import shear
 
     device = torch.device(device or "cpu")
@@ -175,7 +176,7 @@ def train_style(config: dict, base, out=None, *, device=None, resume: bool = Tru
     if weights_digest(model) != config["base_weights"]:
         raise LineageError(f"{base} is not the LDM this fine-tune was configured for (weights differ)")
     model = _adapt_denoiser(model, config)
-    images, labels = ldm.training_digits()
+    images, labels = training_digits()
     slanted = shear(images, config["shear"])
     autoencoder, schedule = autoencoder.to(device), schedule.to(device)
 
@@ -221,11 +222,23 @@ def _load_state(model: nn.Module, data, ckpt) -> None:
         raise LineageError(f"corrupt checkpoint: weights in {ckpt} do not fit their config ({first})") from None
 
 
+def style_samples(autoencoder, model, schedule, scale, *, per_digit: int = 10, seed: int = 0, device=None):
+    """``per_digit`` samples of every caption "the digit k" (CFG s = 3, DDIM 50 steps, z_T from ``seed``):
+    (images (10 per_digit, 1, 8, 8), labels)."""
+    from refimpl import ldm
+
+    texts = [f"the digit {w}" for w in NUMBER_WORDS for _ in range(per_digit)]
+    images = ldm.sample(autoencoder, model, texts, schedule, scale, seed=seed, device=device)
+    return images, torch.arange(10).repeat_interleave(per_digit)
+
+
 # --- the GPT: Python source after Chinese notes ------------------------------------------------
 
 def code_text() -> tuple[str, str]:
     """The adaptation text: the source of Python's standard ``argparse`` module, every 10th line held out
     (refimpl.text.HELD_OUT_EVERY, as for the notes)."""
+    import argparse  # the text to adapt to, not a command line
+
     from refimpl.text import HELD_OUT_EVERY
 
     lines = inspect.getsource(argparse).splitlines()
@@ -267,7 +280,6 @@ def train_gpt(config: dict, base, out=None, *, device=None, resume: bool = True,
     Returns (model, tokenizer, {"before": held-out loss, "after": held-out loss}, loss history), losses in nats
     per character on the held-out lines."""
     from refimpl import gpt
-    from refimpl.glide import fit_config
     from refimpl.text import windows
 
     model, tok = gpt.load(base)
@@ -287,111 +299,3 @@ def train_gpt(config: dict, base, out=None, *, device=None, resume: bool = True,
 
     history = fit_config(model, loss_fn, config, out, f"{config['method']}-gpt", device, resume, progress)
     return model.eval(), tok, {"before": before, "after": gpt.held_out_loss(model, held_ids)}, history
-
-
-# --- command line ---------------------------------------------------------------------------
-
-def add_commands(commands) -> None:
-    """``python -m refimpl lora train|sample|train-gpt``."""
-    from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_float, positive_int
-
-    def fine_tune_options(cmd, base_help):
-        add_preset(cmd)
-        cmd.add_argument("--base", required=True, help=base_help)
-        cmd.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (the comparison)")
-        cmd.add_argument("--rank", type=positive_int, help="LoRA rank r (default: the preset's)")
-        cmd.add_argument("--alpha", type=positive_float, help="LoRA alpha; the update is scaled by alpha / r (default r)")
-        cmd.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
-        cmd.add_argument("--out", required=True, help="checkpoint directory")
-        add_common(cmd)
-
-    cmd = commands.add_parser("train", help="teach the LDM a slanted writer with LoRA (or --full); reruns resume")
-    fine_tune_options(cmd, "LDM run directory written by `ldm train`")
-    cmd.set_defaults(run=_run_train)
-
-    cmd = commands.add_parser("sample", help="sample captioned digits from the fine-tuned LDM into a PNG")
-    cmd.add_argument("--base", required=True, help="the LDM run the fine-tune started from")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by `lora train`")
-    cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--merge", action="store_true", help="merge W0 + (alpha/r) B A before sampling")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-    cmd = commands.add_parser("train-gpt", help="adapt the GPT to Python source with LoRA (or --full); prints "
-                                                "held-out loss before and after")
-    fine_tune_options(cmd, "GPT checkpoint directory written by `gpt train`")
-    cmd.set_defaults(run=_run_train_gpt)
-
-
-def _method(args) -> dict:
-    if args.full and (args.rank or args.alpha):
-        raise LineageError("--rank and --alpha are LoRA options; --full fine-tunes every weight")
-    return {"method": "full" if args.full else "lora", "r": args.rank, "alpha": args.alpha, "steps": args.steps,
-            "seed": args.seed}
-
-
-def _last_loss(history) -> str:
-    """"; loss X" for the last logged training loss (none logged in runs shorter than the log interval)."""
-    return f"; loss {history[-1][1]:.4f}" if history else ""
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.digits_eval import classifier
-    from refimpl.styles import skew
-
-    device = pick_device(args.device)
-    config = style_config(args.base, args.preset, **_method(args))
-    autoencoder, model, schedule, scale, history = train_style(config, args.base, args.out, device=device,
-                                                               progress=not args.quiet)
-    images, labels = style_samples(autoencoder, model, schedule, scale, device=device)
-    with torch.no_grad():
-        accuracy = (classifier()(images.cpu().clamp(-1, 1)).argmax(1) == labels).float().mean().item()
-    print(f"fine-tuned the LDM ({config['method']}, {trainable_parameters(model)} trainable parameters, "
-          f"{config['steps']} steps) on {device}{_last_loss(history)}; samples: mean skew "
-          f"{skew(images.cpu()).mean().item():+.3f}, classifier accuracy {accuracy:.2f}; checkpoint: {args.out}")
-    return 0
-
-
-def style_samples(autoencoder, model, schedule, scale, *, per_digit: int = 10, seed: int = 0, device=None):
-    """``per_digit`` samples of every caption "the digit k" (CFG s = 3, DDIM 50 steps, z_T from ``seed``):
-    (images (10 per_digit, 1, 8, 8), labels)."""
-    from refimpl import ldm
-    from refimpl.glide import NUMBER_WORDS
-
-    texts = [f"the digit {w}" for w in NUMBER_WORDS for _ in range(per_digit)]
-    images = ldm.sample(autoencoder, model, texts, schedule, scale, seed=seed, device=device)
-    return images, torch.arange(10).repeat_interleave(per_digit)
-
-
-def _run_sample(args) -> int:
-    from refimpl import ldm
-    from refimpl.core import pick_device
-    from refimpl.glide import tokenize
-    from refimpl.plots import save_samples
-
-    tokenize([args.caption])  # refuse unknown words before loading anything
-    autoencoder, model, schedule, scale = load_style(args.ckpt, args.base)
-    if args.merge:
-        set_merged(model, True)
-    x = ldm.sample(autoencoder, model, [args.caption] * args.n, schedule, scale, guidance_scale=args.guidance_scale,
-                   steps=args.steps, seed=args.seed, device=pick_device(args.device), disable=args.quiet)
-    save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples for {args.caption!r} to {args.out}")
-    return 0
-
-
-def _run_train_gpt(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = gpt_config(args.base, args.preset, **_method(args))
-    model, _, losses, _ = train_gpt(config, args.base, args.out, device=device, progress=not args.quiet)
-    print(f"adapted the GPT to Python source ({config['method']}, {trainable_parameters(model)} trainable "
-          f"parameters, {config['steps']} steps) on {device}; held-out loss {losses['before']:.3f} -> "
-          f"{losses['after']:.3f} nats/char; checkpoint: {args.out}")
-    return 0

@@ -139,7 +139,7 @@ def two_mode_mixture() -> GaussianMixture:
     return GaussianMixture([0.8, 0.2], [[5.0, 5.0], [-5.0, -5.0]], torch.stack([eye, eye]))
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: Noise levels and sampler settings for the 2-D toys (mean 0, unit variance per coordinate). sigma_1 = 5 is
 #: comparable to the largest distance between two swiss-roll points (about 4.2; NCSNv2's rule). sigma_L = 0.03
@@ -225,38 +225,3 @@ def sample_from_checkpoint(ckpt, n: int, *, eps: float | None = None, steps_per_
     return annealed_langevin_sample(model, x_T, sigmas, eps=eps or config["eps"],
                                     steps_per_level=steps_per_level or config["steps_per_level"],
                                     generator=generator, callback=callback, disable=disable)
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl ncsn train|sample``."""
-    from refimpl.cli import add_sample_command, add_train_command, positive_float, positive_int
-    from refimpl.data import TOY_2D
-
-    add_train_command(commands, _run_train, help="train a noise conditional score network; reruns resume", data=TOY_2D)
-    sample_cmd = add_sample_command(commands, _run_sample, help="annealed Langevin dynamics (Algorithm 1) into a PNG")
-    sample_cmd.add_argument("--steps-per-level", type=positive_int, help="Langevin steps per noise level, T "
-                            f"(default {TOY['steps_per_level']})")
-    sample_cmd.add_argument("--eps", type=positive_float, help=f"step size constant epsilon (default {TOY['eps']})")
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.data, args.preset, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained ncsn on {args.data} for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    device = pick_device(args.device)
-    x = sample_from_checkpoint(args.ckpt, args.n, eps=args.eps, steps_per_level=args.steps_per_level,
-                               seed=args.seed, device=device, disable=args.quiet)
-    save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples to {args.out}")
-    return 0

@@ -35,8 +35,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from refimpl.core import LineageError, gaussian_like, progress
-from refimpl.ddpm import posterior, q_sample
-from refimpl.iddpm import normal_kl
+from refimpl.schedules import posterior, q_sample
+from refimpl.likelihood import normal_kl
 from refimpl.schedules import Schedule, gather
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -64,7 +64,7 @@ def make_schedule(T: int = T_SWISSROLL, beta_1: float = BETA_1, dtype: torch.dty
 
 def forward_step(x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """Eq. (2), Table App.1: one step of the forward diffusion, x_t = x_{t-1} sqrt(1 - beta_t) + sqrt(beta_t) z.
-    T steps of it give q(x_t | x_0) in one shot (:func:`refimpl.ddpm.q_sample`)."""
+    T steps of it give q(x_t | x_0) in one shot (:func:`refimpl.schedules.q_sample`)."""
     beta = gather(schedule.betas, t, x_prev)
     return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 # --8<-- [end:schedule]
@@ -215,7 +215,7 @@ def sample(model: Kernel, x_T: torch.Tensor, schedule: Schedule, *, generator: t
 # --8<-- [end:sample]
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: sizes per preset; a preset changes sizes, never the algorithm (T = 40, the same fixed schedule)
 PRESETS = {
@@ -295,54 +295,3 @@ def bound_from_checkpoint(ckpt, n: int, *, seed: int = 0, device=None, disable: 
     generator = torch.Generator().manual_seed(10**6 + seed)
     x0 = toy_2d(config["data"], n, generator).to(schedule.device)
     return bound(kernel, x0, schedule, generator=generator, disable=disable), log_pi(x0)
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl nonequilibrium train|sample|bound``."""
-    from refimpl.cli import add_common, add_sample_command, add_train_command, positive_int
-    from refimpl.data import TOY_2D
-
-    add_train_command(commands, _run_train, help="train a diffusion probabilistic model on K (Eq. 14); reruns resume",
-                      data=TOY_2D)
-    add_sample_command(commands, _run_sample, help="run the learned reverse diffusion (Eq. 5) into a PNG")
-
-    bound_cmd = commands.add_parser("bound", help="the log-likelihood bound K (Eq. 14) in bits on fresh data")
-    bound_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    bound_cmd.add_argument("--n", type=positive_int, default=2000, help="number of fresh data points")
-    add_common(bound_cmd)
-    bound_cmd.set_defaults(run=_run_bound)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, data=args.data, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", K estimate over the last 10 batches {-history[-1][1]:.3f} bits" if history else ""
-    print(f"trained nonequilibrium on {args.data} for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    x0 = sample_from_checkpoint(args.ckpt, args.n, seed=args.seed, device=pick_device(args.device),
-                                disable=args.quiet)
-    save_samples(x0.cpu(), args.out)
-    print(f"wrote {args.n} samples to {args.out}")
-    return 0
-
-
-def _run_bound(args) -> int:
-    from refimpl.core import pick_device
-
-    result, null = bound_from_checkpoint(args.ckpt, args.n, seed=args.seed, device=pick_device(args.device),
-                                         disable=args.quiet)
-    k_bits, gain_bits = result.total / math.log(2), (result.total - null) / math.log(2)
-    se = lambda v: v.std().item() / math.sqrt(v.numel())  # noqa: E731
-    print(f"K = {k_bits.mean().item():.3f} ± {se(k_bits):.3f} bits per point on {args.n} fresh points; "
-          f"K - L_null = {gain_bits.mean().item():.3f} ± {se(gain_bits):.3f} bits "
-          f"(L_null: the isotropic Gaussian N(0, I))")
-    return 0

@@ -421,7 +421,7 @@ def bits_per_dim(log_p: torch.Tensor, dim: int) -> torch.Tensor:
     return -log_p / (dim * math.log(2))
 
 
-# --- training and command line ------------------------------------------------------
+# --- training ----------------------------------------------------------------------
 
 #: toy sizes per preset (2-D data, MLP); a preset changes sizes, never the algorithm
 PRESETS = {
@@ -498,65 +498,3 @@ def sample_from_checkpoint(ckpt, n: int, *, sampler: str = "em", steps: int = 10
     generator = torch.Generator().manual_seed(seed)
     x_T = sde.prior_sample((n, 2), generator).to(device)
     return SAMPLERS[sampler](model, x_T, sde, steps=steps, generator=generator, callback=callback, disable=disable)
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl sde train|sample|likelihood``."""
-    from refimpl.cli import add_common, add_sample_command, add_train_command, positive_int
-    from refimpl.data import TOY_2D
-
-    train_cmd = add_train_command(commands, _run_train, data=TOY_2D,
-                                  help="train a score model by denoising score matching; reruns resume")
-    train_cmd.add_argument("--sde", choices=tuple(SDES), default="vp")
-    sample_cmd = add_sample_command(commands, _run_sample, help="sample a trained score model into a PNG")
-    sample_cmd.add_argument("--sampler", choices=tuple(SAMPLERS), default="em",
-                            help="em: reverse SDE; pc: predictor-corrector; ode: probability flow (RK4)")
-    sample_cmd.add_argument("--steps", type=positive_int, default=1000, help="steps from t = 1 to eps")
-
-    nll_cmd = commands.add_parser("likelihood", help="NLL of fresh data by the probability-flow ODE")
-    nll_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    nll_cmd.add_argument("--n", type=positive_int, default=256, help="number of fresh data points")
-    nll_cmd.add_argument("--steps", type=positive_int, default=100, help="RK4 steps from eps to 1")
-    nll_cmd.add_argument("--hutchinson", action="store_true", help="Hutchinson trace estimate instead of exact")
-    add_common(nll_cmd)
-    nll_cmd.set_defaults(run=_run_likelihood)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.sde, args.data, args.preset, steps=args.steps, seed=args.seed)
-    _, history = train(config, args.out, device=device, progress=not args.quiet)
-    last = f", final loss {history[-1][1]:.4f}" if history else ""
-    print(f"trained a {args.sde} score model on {args.data} for {config['steps']} steps on {device}{last}; "
-          f"checkpoint: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    x = sample_from_checkpoint(args.ckpt, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               device=pick_device(args.device), disable=args.quiet)
-    save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples ({args.sampler}, {args.steps} steps) to {args.out}")
-    return 0
-
-
-def _run_likelihood(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.data import toy_2d
-
-    device = pick_device(args.device)
-    model, sde, config = load_for_sampling(args.ckpt, device)
-    data = config["data"]
-    generator = torch.Generator().manual_seed(args.seed)
-    x = toy_2d(data, args.n, generator).to(device)
-    log_p = log_likelihood(model, x, sde, steps=args.steps, divergence="hutchinson" if args.hutchinson else "exact",
-                           generator=generator, disable=args.quiet)
-    nll = float(-log_p.mean())
-    print(f"{data}: NLL {nll:.4f} nats per sample, {nll / (2 * math.log(2)):.4f} bits/dim "
-          f"({args.n} fresh points, {'Hutchinson' if args.hutchinson else 'exact'} divergence)")
-    return 0

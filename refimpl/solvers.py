@@ -17,14 +17,14 @@ after tau_0 take one last step to alpha_bar_0 := 1 (sigma = 0, lambda = +inf), r
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Callable, NamedTuple
 
 import torch
 
 from refimpl.core import LineageError, progress
-from refimpl.ddim import ddim_sample, timesteps
+from refimpl.ddim import ddim_sample
+from refimpl.schedules import timesteps
 from refimpl.ddpm import Model
 from refimpl.schedules import Schedule
 
@@ -72,7 +72,7 @@ def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> list[i
 
 def sub_sequence(schedule: Schedule, steps: int, spacing: str, rho: float = 7.0) -> list[int]:
     """The increasing code timesteps tau for ``spacing``: "uniform" / "quadratic" are DDIM's rules
-    (``refimpl.ddim.timesteps``, DDIM Appendix D.2), "karras" is :func:`karras_timesteps` (EDM Eq. 5)."""
+    (``refimpl.schedules.timesteps``, DDIM Appendix D.2), "karras" is :func:`karras_timesteps` (EDM Eq. 5)."""
     if spacing == "karras":
         return karras_timesteps(schedule, steps, rho)
     if spacing not in SPACINGS:
@@ -221,7 +221,7 @@ def nfe(name: str, steps: int) -> int:
     return SAMPLERS[name].nfe(steps)
 
 
-# --- command line ------------------------------------------------------------------------
+# --- sampling a checkpoint ---------------------------------------------------------------
 
 def sample_from_checkpoint(ckpt, n: int, *, sampler: str = "dpmpp-2m", steps: int = 20, spacing: str | None = None,
                            seed: int = 0, device=None, callback=None, disable: bool = False) -> torch.Tensor:
@@ -239,35 +239,3 @@ def sample_from_checkpoint(ckpt, n: int, *, sampler: str = "dpmpp-2m", steps: in
     x_T = torch.randn((n, *shape), generator=generator).to(schedule.device)
     return entry.sample(model, x_T, schedule, steps=steps, spacing=spacing, generator=generator,
                         callback=callback, disable=disable)
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl solvers sample``: DDIM, DPM-Solver++(2M) or EDM Heun on a ``ddpm train`` checkpoint."""
-    from refimpl.cli import add_common, png_path, positive_int
-
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM with a fast ODE solver into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by 'ddpm train'")
-    sample_cmd.add_argument("--sampler", choices=tuple(SAMPLERS), default="dpmpp-2m",
-                            help="ddim (eta = 0), dpmpp-2m (DPM-Solver++ Algorithm 2) or heun (EDM Algorithm 1); "
-                                 "default dpmpp-2m")
-    sample_cmd.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default 20)")
-    sample_cmd.add_argument("--spacing", choices=SPACINGS, default=None,
-                            help="timestep sub-sequence (default: uniform for ddim, karras for dpmpp-2m and heun)")
-    sample_cmd.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
-
-
-def _run_sample(args: argparse.Namespace) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    device = pick_device(args.device)
-    spacing = args.spacing or SAMPLERS[args.sampler].spacing
-    x0 = sample_from_checkpoint(args.ckpt, args.n, sampler=args.sampler, steps=args.steps, spacing=spacing,
-                                seed=args.seed, device=device, disable=args.quiet)
-    save_samples(x0.cpu(), args.out)
-    print(f"wrote {args.n} {args.sampler} samples ({args.steps} {spacing} steps, "
-          f"{nfe(args.sampler, args.steps)} model evaluations) to {args.out}")
-    return 0

@@ -289,15 +289,12 @@ def load(ckpt) -> tuple[T5, CharTokenizer]:
     """Rebuild a checkpoint's model (CPU, eval mode) and its tokenizer from the recorded config."""
     from refimpl import checkpoint
 
-    data = checkpoint.load(ckpt, expect_model="t5")
-    try:
-        model = T5(**data.config["model"])
-        model.load_state_dict(data.model_state, strict=True)
-        tokenizer = CharTokenizer(data.config["chars"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise LineageError(f"corrupt checkpoint: {ckpt} does not describe a t5 model ({first})") from None
-    return model.eval(), tokenizer
+    def build(data):
+        CharTokenizer(data.config["chars"])  # a config without a vocabulary is a corrupt checkpoint too
+        return T5(**data.config["model"])
+
+    model, data = checkpoint.load_module(ckpt, expect_model="t5", build=build)
+    return model, CharTokenizer(data.config["chars"])
 
 
 # --8<-- [start:fill]
@@ -331,45 +328,3 @@ def fill(model: T5, tokenizer: CharTokenizer, text: str, *, max_new_tokens: int 
     filled = pieces[0] + "".join(tokenizer.decode(spans_out.get(i, [])) + piece for i, piece in enumerate(pieces[1:]))
     return filled, tokenizer.decode(out[0, 1:])
 # --8<-- [end:fill]
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl t5 train|fill``."""
-    from refimpl.cli import add_common, add_preset, positive_int
-
-    train_cmd = commands.add_parser("train", help="pre-train a small T5 with span corruption on the notes; reruns resume")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
-
-    fill_cmd = commands.add_parser("fill", help="fill the spans marked <> in a text (greedy decoding)")
-    fill_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    fill_cmd.add_argument("--text", required=True, help="text with each missing span written <>")
-    fill_cmd.add_argument("--max-new-tokens", type=positive_int, default=64, help="decoding limit (default 64)")
-    add_common(fill_cmd)
-    fill_cmd.set_defaults(run=_run_fill)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    data = text_data()
-    config = train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
-    model, history = train(config, args.out, data=data, device=device, progress=not args.quiet)
-    scores = evaluate(model, config, data=data)
-    print(f"trained t5 for {config['steps']} steps on {device}; held-out loss on the corrupted characters "
-          f"{scores['span']:.3f} nats (unigram {scores['unigram']:.3f}); checkpoint: {args.out}")
-    return 0
-
-
-def _run_fill(args) -> int:
-    from refimpl.core import pick_device
-
-    model, tokenizer = load(args.ckpt)
-    filled, generated = fill(model.to(pick_device(args.device)), tokenizer, args.text,
-                             max_new_tokens=args.max_new_tokens)
-    print(f"targets: {generated}\nfilled:  {filled}")
-    return 0

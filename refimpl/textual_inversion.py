@@ -9,17 +9,19 @@ Inversion" (ICLR 2023), arXiv 2208.01618, on our quick latent diffusion model (r
   templates that contain S*; here the caption templates of refimpl.glide with S* in place of the number word
   ("s*", "the digit s*", "a handwritten s*", "the number s*").
 
-The concept is the slanted writer of refimpl.dreambooth (five of his threes); the vocabulary extension, the
-sampler, loading and the command line are refimpl.dreambooth's.
+The concept is the slanted writer of refimpl.personalization (five of his threes), which also holds the vocabulary
+extension, the sampler and loading that Textual Inversion shares with DreamBooth.
 """
 
 from __future__ import annotations
 
 import torch
 
-from refimpl import dreambooth
+from refimpl.personalization import (SUBJECT_DIGIT, SUBJECT_SIZE, add_words, latents, start, subject_images,
+                             tokenize)
+from refimpl.captions import TEMPLATES, VOCAB
 from refimpl.core import LineageError
-from refimpl.glide import TEMPLATES, VOCAB, fit_config
+from refimpl.training import fit_config
 
 PLACEHOLDER = "s*"  # S*
 INIT_WORD = "three"  # the coarse descriptor v* starts from
@@ -39,7 +41,7 @@ def train_config(preset: str = "quick", *, steps: int | None = None, lr: float |
     p = PRESETS[preset]
     return {"seed": seed, "steps": steps or p["steps"], "batch_size": p["batch_size"], "lr": lr or p["lr"],
             "words": [PLACEHOLDER], "init_word": INIT_WORD, "prompts": list(PROMPTS),
-            "subject_digit": dreambooth.SUBJECT_DIGIT, "subject_size": dreambooth.SUBJECT_SIZE}
+            "subject_digit": SUBJECT_DIGIT, "subject_size": SUBJECT_SIZE}
 
 
 # --8<-- [start:train]
@@ -51,37 +53,21 @@ def train(config: dict, base, out=None, *, device=None, resume: bool = True, pro
     from refimpl.ddpm import loss_simple
 
     device = torch.device(device or "cpu")
-    autoencoder, model, schedule, scale, config = dreambooth.start(base, config)
+    autoencoder, model, schedule, scale, config = start(base, config)
     words = tuple(config["words"])
     autoencoder, schedule = autoencoder.to(device), schedule.to(device)
     init = model.text.token.weight[VOCAB.index(config["init_word"])]
-    model = dreambooth.add_words(model.requires_grad_(False), init[None])
+    model = add_words(model.requires_grad_(False), init[None])
     model.text.token.new.requires_grad_(True)  # v*: the only trainable tensor
-    subject = dreambooth.subject_images(config["subject_digit"], config["subject_size"]).to(device)
-    prompts = dreambooth.tokenize(config["prompts"], words).to(device)
+    subject = subject_images(config["subject_digit"], config["subject_size"]).to(device)
+    prompts = tokenize(config["prompts"], words).to(device)
 
     def loss_fn(model, generator):
         pick = torch.randint(0, subject.shape[0], (config["batch_size"],), generator=generator)
         tokens = prompts[torch.randint(0, prompts.shape[0], (config["batch_size"],), generator=generator)]
-        z = dreambooth.latents(autoencoder, subject[pick], scale, generator)
+        z = latents(autoencoder, subject[pick], scale, generator)
         return loss_simple(lambda z_t, t: model(z_t, t, tokens), z, schedule, generator)
 
     history = fit_config(model.train(), loss_fn, config, out, "textual-inversion", device, resume, progress)
     return autoencoder, model.eval(), schedule, scale, history
 # --8<-- [end:train]
-
-
-def add_commands(commands) -> None:
-    """``python -m refimpl textual-inversion train|sample``."""
-    dreambooth.add_train_sample(commands, _run_train, "textual-inversion", "learn one new word S* for the subject, "
-                                "the LDM frozen", f"the digit {PLACEHOLDER}")
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    config = train_config(args.preset, steps=args.steps, seed=args.seed)
-    *_, history = train(config, args.base, args.out, device=pick_device(args.device), progress=not args.quiet)
-    print(f"learned the embedding of {PLACEHOLDER!r} in {config['steps']} steps; final loss {history[-1][1]:.4f}; "
-          f"checkpoint: {args.out}")
-    return 0

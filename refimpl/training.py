@@ -195,6 +195,23 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
 # --8<-- [end:fit]
 
 
+def build_seeded(cls, config: dict[str, Any]) -> nn.Module:
+    """The untrained model ``cls(**config["model"])``, its initial weights drawn from config["seed"] (the global
+    RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        return cls(**config["model"])
+
+
+def fit_config(model: nn.Module, loss_fn: LossFn, config: dict[str, Any], out, model_name: str, device, resume: bool,
+               progress: bool) -> list[tuple[int, float]]:
+    """:func:`fit` with the steps, lr, seed and batch size that ``config`` records (the trainers of the
+    text-to-image papers and their fine-tunes)."""
+    return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name,
+               config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
+               resume=resume, progress=progress)
+
+
 def load_model(ckpt_dir: str | Path, expect_model: str) -> tuple[nn.Module, checkpoint.Checkpoint]:
     """Rebuild the network a checkpoint was trained with and load its weights (on CPU, eval mode)."""
     ckpt = checkpoint.load(ckpt_dir, expect_model=expect_model)

@@ -21,7 +21,8 @@ the other positions' outputs. Every query must keep at least one key (a sequence
 start token, has none: its attention weights would be 0/0). ``position_bias`` is added to the scores before
 the softmax (T5's relative position bias, shape (1 or B, heads, L_q, L_k)). ``context`` (B, L_k, width) turns
 self-attention into cross-attention: queries from ``x``, keys and values from ``context`` (the encoder-decoder
-attention of Sec. 3.2.3).
+attention of Sec. 3.2.3). :class:`CrossAttentionBlock` runs a cross-attending Block over the positions of a
+convolutional feature map (the spatial Transformer of latent diffusion, LDM Eq. 3; used by LDM and Imagen).
 """
 
 from __future__ import annotations
@@ -159,3 +160,26 @@ class TransformerStack(nn.Module):
             h = block(h, causal=self.causal, key_padding_mask=key_padding_mask)
         return self.ln_final(h)
 # --8<-- [end:stack]
+
+
+# --8<-- [start:spatial]
+class CrossAttentionBlock(nn.Module):
+    """LDM Eq. (3) inside a spatial Transformer: the feature map (B, C, H, W) becomes H*W tokens; a
+    :class:`Block` with ``cross=True`` runs self-attention, then cross-attention with queries from the
+    feature map and keys/values from the caption features tau_theta(y) (B, M, C), then an MLP; padded caption
+    tokens are masked out as keys. The projection back is zero-initialised (a residual that starts as identity)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.block = Block(channels, heads, cross=True)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor, context_padding_mask: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = h.shape
+        tokens = self.norm(h).flatten(2).transpose(1, 2)  # (B, H*W, C): phi_i(z_t), the queries' source
+        tokens = self.block(tokens, context=context, context_padding_mask=context_padding_mask)
+        return h + self.proj_out(tokens.transpose(1, 2).reshape(b, c, height, width))
+# --8<-- [end:spatial]

@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refimpl.checkpoint import weights_digest
+from refimpl.captions import caption, templates
+from refimpl.checkpoint import load_module, weights_digest
 from refimpl.core import LineageError
-from refimpl.glide import build_seeded, fit_config
+from refimpl.data import HOLDOUT, held_out_digits
 from refimpl.nets import MLPDenoiser, UNet
 from refimpl.schedules import Schedule, make_schedule
+from refimpl.training import build_seeded, fit_config
 
 PRIOR_TEXT_DROP = 0.1  # share of training examples whose z_t is zeroed (null condition of the prior's CFG)
 DECODER_EMBEDDING_DROP = 0.1  # Sec. 2.1: the CLIP embedding is zeroed 10% of the time in decoder training
@@ -83,7 +85,7 @@ def prior_loss(prior: Prior, z_i: torch.Tensor, z_t: torch.Tensor, schedule: Sch
     """unCLIP Sec. 2.2: L_prior = E_{t, z_i^(t)} || f_theta(z_i^(t), t, z_t) - z_i ||^2, with t uniform over the T
     steps and z_i^(t) = sqrt(alpha_bar_t) z_i + sqrt(1 - alpha_bar_t) eps (DDPM Eq. 4): the network predicts the
     unnoised embedding, not the noise. Mean over all elements; t and eps are drawn from ``generator``."""
-    from refimpl.ddpm import q_sample
+    from refimpl.schedules import q_sample
 
     t = torch.randint(0, schedule.T, (z_i.shape[0],), generator=generator).to(z_i.device)
     eps = torch.randn(z_i.shape, generator=generator).to(z_i.device)
@@ -157,8 +159,9 @@ def image_to_image(decoder: Decoder, x0: torch.Tensor, t: int, schedule: Schedul
     """The baseline the variations are compared with (SDEdit-style image-to-image): x0 noised with q(x_s | x_0)
     (DDPM Eq. 4) to the largest timestep s <= t that DDIM visits, then DDIM (eta 0) from s back to x_0 with the
     decoder unconditioned (z_i = 0). The sampler runs on the schedule's first t + 1 steps (same alpha_bar)."""
-    from refimpl.ddim import ddim_sample, timesteps
-    from refimpl.ddpm import q_sample
+    from refimpl.ddim import ddim_sample
+    from refimpl.schedules import timesteps
+    from refimpl.schedules import q_sample
 
     if not 0 <= t < schedule.T:
         raise LineageError(f"t must lie in 0..{schedule.T - 1}, got {t}")
@@ -234,8 +237,6 @@ PRESETS = {
 def train_config(preset: str = "quick", *, steps: int | None = None, prior_steps: int | None = None,
                  seed: int = 0) -> dict:
     """Both stages' JSON configs, ``{"prior": ..., "decoder": ...}`` (the CLIP checkpoint is an input of train)."""
-    from refimpl.digits_eval import HOLDOUT
-
     if preset not in PRESETS:
         raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     p = PRESETS[preset]
@@ -252,12 +253,12 @@ def train_config(preset: str = "quick", *, steps: int | None = None, prior_steps
 def clip_training_embeddings(clip, tok) -> dict[str, torch.Tensor]:
     """The frozen CLIP's embeddings of the training data: ``images`` and ``labels`` (refimpl.clip.split's training
     digits), their image embeddings ``z_i``, and ``captions`` (10, n_templates, dim): the text embedding of every
-    EN and ZH template (refimpl.clip.templates) for every digit."""
+    EN and ZH template (refimpl.captions.templates) for every digit."""
     from refimpl import clip as clip_module
 
     (images, labels), _ = clip_module.split()
-    names = clip_module.templates()
-    texts = [clip_module.caption(t, k) for k in range(10) for t in names]
+    names = templates()
+    texts = [caption(t, k) for k in range(10) for t in names]
     device = clip.logit_scale.device
     z_t = clip.text_features(clip_module.tokenize(tok, texts, clip.text.max_len).to(device))
     return {"images": images, "labels": labels, "z_i": clip.image_features(images.to(device)).cpu(),
@@ -322,7 +323,6 @@ def train(config: dict, clip_ckpt, out=None, *, device=None, resume: bool = True
 def load(run) -> UnCLIP:
     """Rebuild a run written by :func:`train` (run/clip, run/prior, run/decoder) on CPU, eval mode. Refuses stages
     trained on another CLIP than the one stored."""
-    from refimpl import checkpoint
     from refimpl import clip as clip_module
 
     run = Path(run)
@@ -331,101 +331,16 @@ def load(run) -> UnCLIP:
     clip, tok, _ = clip_module.load(run / "clip")
     stages = []
     for sub, cls in (("prior", Prior), ("decoder", Decoder)):
-        data = checkpoint.load(run / sub, expect_model=f"unclip-{sub}")
-        try:
-            model = cls(**data.config["model"])
-            model.load_state_dict(data.model_state, strict=True)
-        except (KeyError, TypeError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise LineageError(f"corrupt checkpoint: {run / sub} is not an unclip-{sub} model ({first})") from None
+        model, data = load_module(run / sub, expect_model=f"unclip-{sub}",
+                                  build=lambda data, cls=cls: cls(**data.config["model"]))
         if data.config.get("clip") != weights_digest(clip):
             raise LineageError(f"{run / sub}: trained on another CLIP than the one stored in {run / 'clip'}")
-        stages.append((model.eval(), data.config, make_schedule(data.config["schedule"], data.config["T"])))
+        stages.append((model, data.config, make_schedule(data.config["schedule"], data.config["T"])))
     (prior, prior_config, prior_schedule), (decoder, _, decoder_schedule) = stages
     stats = (torch.tensor(prior_config["mean"]), torch.tensor(prior_config["std"]))
     return UnCLIP(clip.eval(), tok, prior, stats, prior_schedule, decoder, decoder_schedule)
 
 
 def held_out() -> tuple[torch.Tensor, torch.Tensor]:
-    """The held-out digits (the last refimpl.digits_eval.HOLDOUT), never seen by CLIP, prior or decoder."""
-    from refimpl import clip as clip_module
-
-    return clip_module.split()[1]
-
-
-# --- command line -----------------------------------------------------------------------
-
-def add_commands(commands) -> None:
-    """``python -m refimpl unclip train|sample|variations``."""
-    from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
-
-    cmd = commands.add_parser("train", help="train the diffusion prior and the decoder on a frozen CLIP; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--clip", required=True, help="CLIP checkpoint directory (python -m refimpl clip train --out)")
-    cmd.add_argument("--steps", type=positive_int, help="decoder training steps (default: the preset's)")
-    cmd.add_argument("--prior-steps", type=positive_int, help="prior training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (clip/, prior/, decoder/)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
-
-    for name, run, what in (("sample", _run_sample, "text to image: caption -> prior -> decoder, into a PNG"),
-                            ("variations", _run_variations, "variations of one held-out digit (first tile: the "
-                                                            "input), into a PNG")):
-        cmd = commands.add_parser(name, help=what)
-        cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-        if run is _run_sample:
-            cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
-            cmd.add_argument("--prior-scale", type=nonnegative_float, default=1.0,
-                             help="prior guidance scale (default 1: no guidance)")
-        else:
-            cmd.add_argument("--index", type=int, default=0, help="which held-out digit (0-based, default 0)")
-            cmd.add_argument("--eta", type=nonnegative_float, default=1.0,
-                             help="DDIM eta from the inverted x_T (default 1; 0 reconstructs the input)")
-        cmd.add_argument("--decoder-scale", type=nonnegative_float, default=3.0,
-                         help="decoder guidance scale (default 3; 1 = no guidance)")
-        cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps per stage (default 50)")
-        cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-        cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-        add_common(cmd)
-        cmd.set_defaults(run=run)
-
-
-def _run_train(args) -> int:
-    from refimpl.core import pick_device
-
-    device = pick_device(args.device)
-    config = train_config(args.preset, steps=args.steps, prior_steps=args.prior_steps, seed=args.seed)
-    _, _, history = train(config, args.clip, args.out, device=device, progress=not args.quiet)
-    losses = ", ".join(f"{k} {v[-1][1]:.4f}" for k, v in history.items() if v)
-    print(f"trained the unCLIP prior and decoder on {device} (final losses: {losses or 'none'}); run: {args.out}")
-    return 0
-
-
-def _run_sample(args) -> int:
-    from refimpl import clip as clip_module
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    model = load(args.ckpt)
-    clip_module.tokenize(model.tok, [args.caption], model.clip.text.max_len)  # refuse unknown characters first
-    model.to(pick_device(args.device))
-    x = model.text_to_image([args.caption] * args.n, prior_scale=args.prior_scale, decoder_scale=args.decoder_scale,
-                            steps=args.steps, seed=args.seed)
-    save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples for {args.caption!r} to {args.out}")
-    return 0
-
-
-def _run_variations(args) -> int:
-    from refimpl.core import pick_device
-    from refimpl.plots import save_samples
-
-    images, labels = held_out()
-    if not 0 <= args.index < len(images):
-        raise LineageError(f"--index must lie in 0..{len(images) - 1}, got {args.index}")
-    model = load(args.ckpt).to(pick_device(args.device))
-    x = model.variations(images[args.index:args.index + 1].expand(args.n, -1, -1, -1), eta=args.eta,
-                         decoder_scale=args.decoder_scale, steps=args.steps, seed=args.seed)
-    save_samples(torch.cat([images[args.index:args.index + 1], x.cpu()]), args.out)
-    print(f"wrote the held-out digit {args.index} (a {int(labels[args.index])}) and {args.n} variations to {args.out}")
-    return 0
+    """The held-out digits (the last refimpl.data.HOLDOUT), never seen by CLIP, prior or decoder."""
+    return held_out_digits()

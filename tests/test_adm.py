@@ -207,7 +207,7 @@ def test_noisy_classifier_is_right_on_clean_digits_and_at_chance_on_noise():
     # frequencies (each 0.1 +- 0.02), so accuracy there must be within 0.1 +- (0.03 + 5 SE). At t = 0 the classifier
     # must be worth guiding with: above 0.8 (measured 0.96), and each noisier step must lose accuracy by more than
     # 5 SE of the difference (measured: 0.96, 0.62, 0.11 at t = 0, 300, 999).
-    from figures.adm_model import classifier_checkpoint
+    from figures.zoo.adm import classifier_checkpoint
     from refimpl.data import digits
     from refimpl.digits_eval import HOLDOUT
     from refimpl.schedules import make_schedule
@@ -236,7 +236,7 @@ def test_guidance_raises_accuracy_and_lowers_diversity_on_digits():
     #   the samples requested with the same label; the class means are treated as fixed, their own error is
     #   O(1/n)) falls at every step of the scales, by more than 4 paired SE. Measured: accuracy 0.10, 0.68, 0.91,
     #   0.997 and spread 414, 221, 110, 45 at s = 0, 1, 3, 10; the smallest step is 5.4 SE (accuracy, 3 -> 10).
-    from figures.adm_model import guided_digits, per_sample_stats
+    from figures.zoo.adm import guided_digits, per_sample_stats
 
     out = guided_digits("quick")
     hit, spread = per_sample_stats(out)

@@ -1,7 +1,7 @@
 """refimpl.bert: masking rates (Sec. 3.1), the loss on chosen positions only, bidirectional attention and the
 padding mask, parity with transformers' BertForMaskedLM, learning on the notes, the command line.
 
-Exact checks run on small random models; the learning check uses the cached quick run of figures/bert_model.py
+Exact checks run on small random models; the learning check uses the cached quick run of figures/zoo/bert.py
 (trained once, shared with the figures).
 """
 
@@ -186,7 +186,7 @@ def test_fill_returns_k_sorted_candidates_per_placeholder_and_refuses_bad_text()
 # --- learning (cached quick run, shared with the figures) -----------------------------------------------
 
 def test_quick_run_beats_the_unigram_baseline_on_held_out_notes():
-    from figures.bert_model import bert_run
+    from figures.zoo.bert import bert_run
 
     run = json.loads((bert_run("quick") / "held_out.json").read_text())
     final = run["held_out"][-1]
@@ -202,7 +202,7 @@ def test_quick_run_beats_the_unigram_baseline_on_held_out_notes():
 # --- command line ---------------------------------------------------------------------------------------
 
 def _cli(*args: str) -> int:
-    return cli_main({"bert": "refimpl.bert"}, ["bert", *args])
+    return cli_main({"bert": "refimpl.commands.bert"}, ["bert", *args])
 
 
 def test_cli_trains_fills_and_refuses_bad_input(tmp_path, capsys):

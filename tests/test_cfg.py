@@ -227,9 +227,9 @@ def test_cli_trains_resumes_and_samples(capsys, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tradeoff():
-    """The cached quick model's guided DDIM samples (figures.cfg_model: the same artifacts and metrics as the
+    """The cached quick model's guided DDIM samples (figures.zoo.cfg: the same artifacts and metrics as the
     figures): the requested labels, the metrics per scale, and the probe's features per scale (for the bootstrap)."""
-    from figures.cfg_model import SCALES, tradeoff_metrics, tradeoff_samples
+    from figures.zoo.cfg import SCALES, tradeoff_metrics, tradeoff_samples
     from refimpl.digits_eval import classifier
 
     samples, probe = tradeoff_samples("quick"), classifier()

@@ -1,5 +1,5 @@
 """refimpl.clip: the contrastive loss against its written-out form, the temperature, the two towers, captions and
-batches, prompt ensembling, CLI, and learning (the cached quick model of figures/clip_model.py, shared with the
+batches, prompt ensembling, CLI, and learning (the cached quick model of figures/zoo/clip.py, shared with the
 figures)."""
 
 import math
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from refimpl import checkpoint, clip
+from refimpl import captions, checkpoint, clip
 from refimpl.cli import main as cli_main
 from refimpl.core import LineageError
 
@@ -94,18 +94,18 @@ def test_logits_are_scaled_cosines_and_text_pooling_ignores_padding():
 
 def test_captions_name_one_digit_and_tokens_round_trip():
     tok = clip.tokenizer()
-    for which in clip.TEMPLATE_SETS:
-        for template in clip.templates(which):
+    for which in captions.TEMPLATE_SETS:
+        for template in captions.templates(which):
             for k in range(10):
-                text = clip.caption(template, k)
-                named = [w for w in (*clip.EN_WORDS, *clip.ZH_WORDS, *map(str, range(10))) if w in text]
-                assert named in ([clip.EN_WORDS[k]], [clip.ZH_WORDS[k]], [str(k)]), (text, named)
+                text = captions.caption(template, k)
+                named = [w for w in (*captions.NUMBER_WORDS, *captions.ZH_WORDS, *map(str, range(10))) if w in text]
+                assert named in ([captions.NUMBER_WORDS[k]], [captions.ZH_WORDS[k]], [str(k)]), (text, named)
                 ids = clip.tokenize(tok, [text])[0]
                 assert ids[0] == tok.bos and tok.decode(ids[1:len(text) + 1]) == text
                 assert (ids[len(text) + 1:] == tok.pad).all()
-    assert len(clip.templates("both")) == len(clip.templates("en")) + len(clip.templates("zh"))
+    assert len(captions.templates("both")) == len(captions.templates("en")) + len(captions.templates("zh"))
     with pytest.raises(LineageError, match="template set"):
-        clip.templates("fr")
+        captions.templates("fr")
     with pytest.raises(LineageError, match="not in the vocabulary"):
         clip.tokenize(tok, ["数字十"])
     with pytest.raises(LineageError, match="at most"):
@@ -125,7 +125,7 @@ def test_pair_batch_holds_one_pair_per_digit():
             same = (images[labels == k] - x[k]).flatten(1).abs().amax(1)
             assert same.min() == 0  # an exact copy of a training image of digit k
             text = tok.decode(t for t in tokens[k].tolist() if t > tok.bos)
-            assert text in {clip.caption(t, k) for t in clip.templates()}
+            assert text in {captions.caption(t, k) for t in captions.templates()}
 
 
 def test_zero_shot_is_argmax_cosine_to_the_ensembled_prompts():
@@ -133,11 +133,11 @@ def test_zero_shot_is_argmax_cosine_to_the_ensembled_prompts():
     assigned the class of highest cosine similarity."""
     model, tok = _tiny(), clip.tokenizer()
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    for which in clip.TEMPLATE_SETS:
+    for which in captions.TEMPLATE_SETS:
         with torch.no_grad():
             per_class = []
             for k in range(10):
-                texts = [clip.caption(t, k) for t in clip.templates(which)]
+                texts = [captions.caption(t, k) for t in captions.templates(which)]
                 mean = model.text_features(clip.tokenize(tok, texts)).mean(0)
                 per_class.append(mean / mean.norm())
             w = torch.stack(per_class)
@@ -148,7 +148,7 @@ def test_zero_shot_is_argmax_cosine_to_the_ensembled_prompts():
 # --- command line -----------------------------------------------------------------------------
 
 def _cli(*args: str) -> int:
-    return cli_main({"clip": "refimpl.clip"}, ["clip", *args])
+    return cli_main({"clip": "refimpl.commands.clip"}, ["clip", *args])
 
 
 def test_cli_trains_evaluates_and_refuses_bad_input(tmp_path, capsys):
@@ -156,7 +156,7 @@ def test_cli_trains_evaluates_and_refuses_bad_input(tmp_path, capsys):
     assert _cli("train", "--steps", "2", "--out", run, "--quiet", "--device", "cpu") == 0
     assert _cli("zero-shot", "--ckpt", run) == 0  # every template set in turn
     out = capsys.readouterr().out
-    assert all(f"zero-shot accuracy ({which} templates) on 297 held-out digits" in out for which in clip.TEMPLATE_SETS)
+    assert all(f"zero-shot accuracy ({which} templates) on 297 held-out digits" in out for which in captions.TEMPLATE_SETS)
     assert _cli("zero-shot", "--ckpt", run, "--templates", "zh") == 0
     assert capsys.readouterr().out.count("zero-shot accuracy") == 1
     assert _cli("similarity", "--ckpt", run, "--templates", "en") == 0
@@ -182,12 +182,13 @@ def test_cli_trains_evaluates_and_refuses_bad_input(tmp_path, capsys):
 def test_quick_model_classifies_held_out_digits_zero_shot():
     """Zero-shot accuracy on the 297 held-out digits (never trained on) for English, Chinese and both template
     sets must beat chance (0.1) by 10 binomial standard errors at chance, sqrt(0.1 * 0.9 / 297) = 0.017, i.e.
-    > 0.274: a model at chance fails with probability < 1e-20. The numbers are on the page (figures/clip_zero_shot)."""
-    from figures.clip_model import zero_shot_results
+    > 0.274: a model at chance fails with probability < 1e-20. The numbers are on the page
+    (figures/pages/clip-diffusion/clip_zero_shot.py)."""
+    from figures.zoo.clip import zero_shot_results
 
     result = zero_shot_results("quick")
     bar = 0.1 + 10 * math.sqrt(0.1 * 0.9 / result["n"])
-    for which in clip.TEMPLATE_SETS:
+    for which in captions.TEMPLATE_SETS:
         assert result["accuracy"][which] > bar, (which, result["accuracy"])
     assert result["scale"] <= 100 * (1 + TOL32)
 

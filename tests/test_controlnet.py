@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from refimpl import controlnet, ldm
-from refimpl.glide import build_seeded, tokenize
+from refimpl.captions import tokenize
+from refimpl.training import build_seeded
 from tests.clitools import assert_refused, refimpl
 
 CHANCE_BAR = 0.1 + 10 * math.sqrt(0.1 * 0.9 / 100)  # chance + 10 binomial SE for 100 samples = 0.4
@@ -114,7 +115,8 @@ def test_diffusers_controlnet_from_unet_copies_the_encoder_and_starts_at_zero():
 def test_generated_digits_follow_the_control_map():
     """100 held-out edge maps, empty caption: at conditioning scale 0 (the base model) the classifier reads the
     map's digit at about chance; with the ControlNet in > 0.4 = chance + 10 binomial SE of the samples."""
-    from figures.controlnet_model import controlnet_samples, read_as
+    from figures.zoo.controlnet import controlnet_samples
+    from refimpl.digits_eval import read_as
 
     samples = controlnet_samples("quick")
     assert read_as(samples["zero"], samples["labels"]) < CHANCE_BAR
@@ -125,7 +127,7 @@ def test_generated_digits_follow_the_control_map():
 
 @pytest.mark.slow
 def test_cli_trains_samples_and_refuses(tmp_path):
-    from figures.ldm_model import ldm_checkpoint
+    from figures.zoo.ldm import ldm_checkpoint
 
     base = str(ldm_checkpoint("quick"))
     result = refimpl("controlnet", "train", "--base", base, "--steps", "3", "--out", "run", "--quiet", cwd=tmp_path)

@@ -17,7 +17,8 @@ import torch
 from clitools import assert_refused, refimpl, with_defaults
 from refimpl import checkpoint, ddim, ddpm
 from refimpl.core import LineageError
-from refimpl.ddim import ddim_invert, ddim_sample, ddim_step, sigma_eta, slerp, timesteps
+from refimpl.ddim import ddim_invert, ddim_sample, ddim_step, sigma_eta, slerp
+from refimpl.schedules import timesteps
 from refimpl.ddpm import ddpm_sample
 from refimpl.mixture import GaussianMixture, eps_model, gaussian_flow, mixture_2d
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from refimpl.core import LineageError
-from refimpl.ddpm import (ddpm_sample, ddpm_step, loss_simple, posterior, predict_x0, q_sample,
-                          reverse_step)
+from refimpl.ddpm import ddpm_sample, ddpm_step, loss_simple, predict_x0, reverse_step
+from refimpl.schedules import posterior, q_sample
 from refimpl.metrics import mmd_rbf, sliced_wasserstein
 from refimpl.mixture import GaussianMixture, eps_model, mixture_2d
 from refimpl.schedules import Schedule, linear_betas, make_schedule

@@ -1,6 +1,6 @@
 """Learning: the quick DDPM runs the site shows really learn (verification ladder, rung 3).
 
-The models and samples come from figures.models, the same cached artifacts the site build
+The models and samples come from figures.zoo.ddpm, the same cached artifacts the site build
 uses, so a test run trains each model once (the cache key covers refimpl's sources).
 """
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from figures.models import ddpm_checkpoint, ddpm_history, ddpm_samples
+from figures.zoo.ddpm import ddpm_checkpoint, ddpm_history, ddpm_samples
 from learning import assert_near_the_data
 from refimpl.data import digits, toy_2d
 from refimpl.digits_eval import evaluate

@@ -11,7 +11,8 @@ import diffusers  # a test dependency: if it is missing these tests must fail, n
 import pytest
 import torch
 
-from refimpl.ddpm import ddpm_sample, ddpm_step, q_sample
+from refimpl.ddpm import ddpm_sample, ddpm_step
+from refimpl.schedules import q_sample
 from refimpl.mixture import eps_model, mixture_2d
 from refimpl.schedules import Schedule, linear_betas, make_schedule
 

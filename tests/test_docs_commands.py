@@ -75,30 +75,30 @@ def run(argv: list[str], cwd: Path, page: Path, command: str) -> None:
 
 
 #: "paper command [options]" of a quick train command (without --preset quick and --out) -> the figure cache's
-#: checkpoint of the same model (figures library module, function, arguments)
+#: checkpoint of the same model (its figures/zoo module, function, arguments)
 FIGURE_RUNS = {
-    "adm train": ("figures.adm_model", "classifier_checkpoint", ()),
-    "cfg train": ("figures.cfg_model", "cfg_checkpoint", ()),
-    "ddpm train --data digits": ("figures.models", "ddpm_checkpoint", ("digits",)),
-    "ddpm train --data swissroll": ("figures.models", "ddpm_checkpoint", ("swissroll",)),
-    "glide train": ("figures.glide_model", "glide_checkpoint", ()),
-    "glide train-clip": ("figures.glide_model", "clip_checkpoint", ()),
-    "iddpm train --data digits": ("figures.models", "iddpm_checkpoint", ("digits",)),
-    "ncsn train --data swissroll": ("figures.models", "ncsn_checkpoint", ("swissroll",)),
-    "nonequilibrium train": ("figures.nonequilibrium_model", "checkpoint", ()),
-    "sde train --sde vp --data swissroll": ("figures.models", "sde_checkpoint", ("vp", "swissroll")),
-    "clip train": ("figures.clip_model", "clip_checkpoint", ()),
-    "unclip train --clip runs/clip": ("figures.unclip_model", "unclip_checkpoint", ()),
-    "imagen train --t5 runs/t5": ("figures.imagen_model", "imagen_checkpoint", ()),
-    "ldm train": ("figures.ldm_model", "ldm_checkpoint", ()),
-    "lora train --base runs/ldm": ("figures.lora_model", "style_checkpoint", ()),
-    "lora train-gpt --base runs/gpt": ("figures.lora_model", "gpt_checkpoint", ()),
-    "controlnet train --base runs/ldm": ("figures.controlnet_model", "controlnet_checkpoint", ()),
-    "dreambooth train --base runs/ldm": ("figures.dreambooth_model", "dreambooth_checkpoint", ()),
-    "textual-inversion train --base runs/ldm": ("figures.textual_inversion_model", "ti_checkpoint", ()),
-    "gpt train": ("figures.gpt_model", "gpt_run", ()),
-    "bert train": ("figures.bert_model", "bert_checkpoint", ()),
-    "t5 train": ("figures.t5_model", "t5_checkpoint", ()),
+    "adm train": ("figures.zoo.adm", "classifier_checkpoint", ()),
+    "cfg train": ("figures.zoo.cfg", "cfg_checkpoint", ()),
+    "ddpm train --data digits": ("figures.zoo.ddpm", "ddpm_checkpoint", ("digits",)),
+    "ddpm train --data swissroll": ("figures.zoo.ddpm", "ddpm_checkpoint", ("swissroll",)),
+    "glide train": ("figures.zoo.glide", "glide_checkpoint", ()),
+    "glide train-clip": ("figures.zoo.glide", "clip_checkpoint", ()),
+    "iddpm train --data digits": ("figures.zoo.iddpm", "iddpm_checkpoint", ("digits",)),
+    "ncsn train --data swissroll": ("figures.zoo.ncsn", "ncsn_checkpoint", ("swissroll",)),
+    "nonequilibrium train": ("figures.zoo.nonequilibrium", "checkpoint", ()),
+    "sde train --sde vp --data swissroll": ("figures.zoo.sde", "sde_checkpoint", ("vp", "swissroll")),
+    "clip train": ("figures.zoo.clip", "clip_checkpoint", ()),
+    "unclip train --clip runs/clip": ("figures.zoo.unclip", "unclip_checkpoint", ()),
+    "imagen train --t5 runs/t5": ("figures.zoo.imagen", "imagen_checkpoint", ()),
+    "ldm train": ("figures.zoo.ldm", "ldm_checkpoint", ()),
+    "lora train --base runs/ldm": ("figures.zoo.lora", "style_checkpoint", ()),
+    "lora train-gpt --base runs/gpt": ("figures.zoo.lora", "gpt_checkpoint", ()),
+    "controlnet train --base runs/ldm": ("figures.zoo.controlnet", "controlnet_checkpoint", ()),
+    "dreambooth train --base runs/ldm": ("figures.zoo.dreambooth", "dreambooth_checkpoint", ()),
+    "textual-inversion train --base runs/ldm": ("figures.zoo.textual_inversion", "ti_checkpoint", ()),
+    "gpt train": ("figures.zoo.gpt", "gpt_run", ()),
+    "bert train": ("figures.zoo.bert", "bert_checkpoint", ()),
+    "t5 train": ("figures.zoo.t5", "t5_checkpoint", ()),
 }
 
 

@@ -1,16 +1,16 @@
 """refimpl.dreambooth: the extended vocabulary (tokenisation round trip, the new row leaves old words exact), the
 prior-preservation loss on a hand case, the CLI's refusals, and learning on the cached quick runs of
-figures/dreambooth_model.py (fine-tuned once, shared with the figures)."""
+figures/zoo/dreambooth.py (fine-tuned once, shared with the figures)."""
 
 import math
 
 import pytest
 import torch
 
-from refimpl import dreambooth, ldm
+from refimpl import dreambooth, ldm, personalization
+from refimpl.captions import VOCAB
+from refimpl.captions import tokenize as base_tokenize
 from refimpl.core import LineageError
-from refimpl.glide import VOCAB
-from refimpl.glide import tokenize as base_tokenize
 from tests.clitools import assert_refused, refimpl
 
 
@@ -22,14 +22,14 @@ def _untrained_denoiser(seed: int = 0) -> ldm.LatentDenoiser:
 # --- vocabulary ------------------------------------------------------------------------
 
 def test_new_word_tokenisation_round_trip():
-    """The identifier gets id len(VOCAB); captions without it tokenise exactly as refimpl.glide.tokenize does;
+    """The identifier gets id len(VOCAB); captions without it tokenise exactly as refimpl.captions.tokenize does;
     detokenize inverts tokenize."""
     words = (dreambooth.IDENTIFIER,)
-    tokens = dreambooth.tokenize([dreambooth.INSTANCE_PROMPT, dreambooth.CLASS_PROMPT, ""], words)
+    tokens = personalization.tokenize([dreambooth.INSTANCE_PROMPT, dreambooth.CLASS_PROMPT, ""], words)
     assert tokens[0].tolist() == [1, VOCAB.index("the"), VOCAB.index("digit"), len(VOCAB), VOCAB.index("three")]
     assert torch.equal(tokens[1:], base_tokenize([dreambooth.CLASS_PROMPT, ""]))
-    assert dreambooth.detokenize(tokens, words) == [dreambooth.INSTANCE_PROMPT, dreambooth.CLASS_PROMPT, ""]
-    two = dreambooth.tokenize(["sks zz three"], ("sks", "zz"))
+    assert personalization.detokenize(tokens, words) == [dreambooth.INSTANCE_PROMPT, dreambooth.CLASS_PROMPT, ""]
+    two = personalization.tokenize(["sks zz three"], ("sks", "zz"))
     assert two[0, 1:4].tolist() == [len(VOCAB), len(VOCAB) + 1, VOCAB.index("three")]
 
 
@@ -40,7 +40,7 @@ def test_new_word_tokenisation_round_trip():
 ])
 def test_tokenize_refuses(words, text, fragment):
     with pytest.raises(LineageError, match=fragment):
-        dreambooth.tokenize([text], words)
+        personalization.tokenize([text], words)
 
 
 def test_added_row_leaves_old_words_exact():
@@ -50,7 +50,7 @@ def test_added_row_leaves_old_words_exact():
     tokens = base_tokenize(["the digit three", "a handwritten 7"])
     before = model.encode_text(tokens)[0]
     row = torch.randn(1, model.width)
-    dreambooth.add_words(model, row)
+    personalization.add_words(model, row)
     assert torch.equal(model.encode_text(tokens)[0], before)
     assert torch.equal(model.text.token(torch.tensor([len(VOCAB)])), row)
 
@@ -62,13 +62,12 @@ def test_loss_is_instance_plus_lambda_prior():
     with lambda equals L_simple(instance) + lambda * L_simple(prior) computed by hand from the same generator
     draws; lambda = 0 is the instance term alone. Tolerance: both sides are float32 means of at most 128 squares
     that may be summed in a different order, so they agree to n * 2^-24 ~ 1e-5 relative."""
-    from refimpl.ddpm import q_sample
-    from refimpl.schedules import make_schedule
+    from refimpl.schedules import make_schedule, q_sample
 
     schedule = make_schedule("linear", 1000)
     model = lambda z_t, t, tokens: 0.5 * z_t + 0.01 * tokens.sum(1).float()[:, None, None, None]  # noqa: E731
     gen = torch.Generator().manual_seed(0)
-    instance = (torch.randn(3, 2, 4, 4, generator=gen), dreambooth.tokenize(["the digit sks three"] * 3, ("sks",)))
+    instance = (torch.randn(3, 2, 4, 4, generator=gen), personalization.tokenize(["the digit sks three"] * 3, ("sks",)))
     prior = (torch.randn(4, 2, 4, 4, generator=gen), base_tokenize(["the digit three"] * 4))
 
     def by_hand(z, tokens, generator):
@@ -89,7 +88,7 @@ def test_loss_is_instance_plus_lambda_prior():
 
 @pytest.fixture(scope="module")
 def evaluation():
-    from figures.dreambooth_model import evaluation
+    from figures.zoo.dreambooth import evaluation
 
     return evaluation("quick")
 
@@ -152,8 +151,8 @@ def test_cli_refuses_bad_input(tmp_path, args, fragment):
 
 def test_cli_refuses_a_checkpoint_of_the_other_method(tmp_path):
     """A Textual Inversion checkpoint is not a DreamBooth one (and vice versa): one line, exit 2."""
-    from figures.ldm_model import ldm_checkpoint
-    from figures.textual_inversion_model import ti_checkpoint
+    from figures.zoo.ldm import ldm_checkpoint
+    from figures.zoo.textual_inversion import ti_checkpoint
 
     result = refimpl("dreambooth", "sample", "--base", str(ldm_checkpoint("quick")), "--ckpt",
                      str(ti_checkpoint("quick")), "--caption", "the digit three", "--out", "x.png", cwd=tmp_path)

@@ -1,4 +1,4 @@
-"""The 勘误 page's table (figures/errata.py) is generated from the registry's ``seed`` fields
+"""The 勘误 page's table (figures/pages/errata.py) is generated from the registry's ``seed`` fields
 plus docs/errata.yml: one row each, every link resolves, and errata.yml is validated."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from figures import errata, registry  # noqa: E402
+from figures import builder, registry  # noqa: E402
 from figures.registry import RegistryError  # noqa: E402
+
+errata = builder.load_script("errata")  # the figure script figures/pages/errata.py (not in a package)
 
 DOCS = ROOT / "docs"
 SEED_NOTE = Path("/work/shared/seed/000_ffa0c88012c09b4c.txt")

@@ -1,13 +1,14 @@
 """The figure pipeline (figures.builder, CLI, plotting.save, mkdocs hook) on a tiny fake project.
 
 The fake project lives in tmp_path: a package ``pkg`` (a, b, c; c imports a) and figure
-scripts in ``figures/`` (no ``__init__.py``, so ``import refimpl.plots`` still finds
-the real package). Scripts append their name to ``ran.log`` so tests see what ran.
+scripts in ``figures/`` or folders below it (no ``__init__.py``, so ``import refimpl.plots`` still
+finds the real package). Scripts append their name to ``ran.log`` so tests see what ran.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import signal
 import subprocess
@@ -33,9 +34,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def figure(root: Path, name: str, outputs: tuple[str, ...], body: str, imports: str = "") -> Path:
-    """Write figures/<name>.py; ``body`` is the body of make(out, preset)."""
-    return write(root / "figures" / f"{name}.py", f'''\
+def figure(root: Path, name: str, outputs: tuple[str, ...], body: str, imports: str = "", folder: str = "") -> Path:
+    """Write figures/<folder>/<name>.py; ``body`` is the body of make(out, preset)."""
+    return write(root / "figures" / folder / f"{name}.py", f'''\
 """Test figure {name}."""
 import pathlib
 {imports}
@@ -43,7 +44,7 @@ PAGE = "index.md"
 OUTPUTS = {outputs!r}
 
 def make(out, preset):
-    with open(pathlib.Path(__file__).parent.parent / "ran.log", "a") as fh:
+    with open(pathlib.Path(__file__).parents[{1 + len(Path(folder).parts)}] / "ran.log", "a") as fh:
         fh.write("{name}\\n")
 {textwrap.indent(textwrap.dedent(body), "    ")}
 ''')
@@ -127,6 +128,31 @@ def test_discover_rules(fake: Path):
         builder.discover(fake)
 
 
+def test_discover_finds_nested_scripts_and_refuses_twins(fake: Path, tmp_path: Path):
+    """Scripts may sit in folders below figures/ (figures/pages/<section>/); they are named by their stem, which
+    must be unique across the tree; library folders (figures/zoo, figures/lib) must not hold scripts."""
+    nested = figure(fake, "fig_c", ("c.txt",), '(out / "c.txt").write_text(str(c.VALUE))', "import pkg.c as c",
+                    folder="pages/sec")
+    write(fake / "figures" / "zoo" / "toy.py", "def checkpoint(preset): ...\n")  # a model module: no OUTPUTS
+    scripts = builder.discover(fake)
+    assert set(scripts) == {"fig_a", "fig_b", "fig_c"} and scripts["fig_c"].path == nested.resolve()
+    assert script_key("fig_c", root=fake, preset="quick", packages=("pkg",)) == script_key(
+        nested, root=fake, preset="quick", packages=("pkg",))
+    result, _ = run_build(fake, tmp_path / "cache", only="fig_c")  # run by path from two folders down
+    assert statuses(result) == {"fig_c": "built"} and result.outputs()["c.txt"].read_text() == "1"
+    assert ran(fake) == ["fig_c"]
+
+    figure(fake, "fig_c", ("c2.txt",), "pass", folder="pages/other")
+    with pytest.raises(FigureError, match="two figure scripts are named fig_c: figures/pages/other/fig_c.py "
+                                          "and figures/pages/sec/fig_c.py"):
+        builder.discover(fake)
+    (fake / "figures" / "pages" / "other" / "fig_c.py").unlink()
+
+    figure(fake, "fig_lib", ("lib.txt",), "pass", folder="zoo")
+    with pytest.raises(FigureError, match="figures/zoo/fig_lib.py: library modules must not define OUTPUTS"):
+        builder.discover(fake)
+
+
 def test_presets_mirror_refimpl():
     tree = ast.parse((REPO / "refimpl" / "core.py").read_text())
     values = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
@@ -143,12 +169,16 @@ def test_only_changed_figures_rerun(fake: Path, tmp_path: Path):
     assert statuses(result) == {"fig_a": "built", "fig_b": "built"}
     assert sorted(ran(fake)) == ["fig_a", "fig_b"]
     assert result.outputs()["a.txt"].read_text() == "1 quick"
-    assert any(line.startswith("built fig_a in ") for line in lines)
+    # progress: "[k/N] built NAME in S · elapsed E[ · ~R left]", one line per script, k counting up
+    built = [line for line in lines if line.startswith("[")]
+    assert [line.split("]")[0] for line in built] == ["[1/2", "[2/2"]
+    assert any(" built fig_a in " in line for line in built)
+    assert all(" · elapsed " in line for line in built) and " left" in built[0]
 
     result, lines = run_build(fake, cache)  # nothing changed
     assert statuses(result) == {"fig_a": "cached", "fig_b": "cached"}
     assert sorted(ran(fake)) == ["fig_a", "fig_b"]
-    assert "cached fig_a" in lines
+    assert lines[-1].startswith("figures: 2 script(s), 0 built, 2 cached")
 
     old_a = result["fig_a"]
     write(fake / "pkg" / "a.py", "VALUE = 10\n")  # reaches fig_a through pkg.c only
@@ -331,7 +361,7 @@ def test_cli_list_and_clean(fake: Path, tmp_path: Path):
     assert proc.returncode == 0 and "built fig_b" in proc.stderr and "fig_a" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "figures", "build", "--only", "fig_b"], env=env,
                           cwd=fake, capture_output=True, text=True)
-    assert proc.returncode == 0 and "cached fig_b" in proc.stderr
+    assert proc.returncode == 0 and "1 script(s), 0 built, 1 cached" in proc.stderr
     subprocess.run([sys.executable, "-m", "figures", "clean"], env=env, cwd=fake, check=True,
                    capture_output=True)
     assert not (cache / "figures").exists()
@@ -369,3 +399,74 @@ def test_mkdocs_hook_publishes_and_fails(fake: Path, tmp_path: Path):
     proc = subprocess.run(command, cwd=fake, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "figure fig_bad failed: RuntimeError: diverged at step 7" in proc.stdout + proc.stderr
+
+
+def test_mkdocs_serve_shows_placeholders_then_the_figures(fake: Path, tmp_path: Path):
+    """`mkdocs serve` on an empty cache serves at once (placeholders), builds in the background, and serves
+    the real figure after the live rebuild that its arrival in the cache triggers."""
+    import socket
+    import time
+    import urllib.request
+
+    figure(fake, "fig_slow", ("slow.svg", "slow_table.md"), '''\
+        import time
+        time.sleep(4)
+        (out / "slow.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" id="real"/>')
+        (out / "slow_table.md").write_text("| real |")
+        ''')
+    write(fake / "docs" / "index.md", "# Home\n\n![s](figures/slow.svg)\n\n<!-- lineage:include slow_table.md -->\n")
+    write(fake / "mkdocs.yml", f"""\
+        site_name: Fake
+        theme: mkdocs
+        hooks:
+          - {HOOK}
+        """)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = cli_env(fake, tmp_path / "cache")
+    server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"],
+                              cwd=fake, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def get(path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        first = None
+        while first is None and time.monotonic() < deadline:
+            first = get("figures/slow.svg")
+            time.sleep(0.2)
+        assert first is not None, "mkdocs serve did not start"
+        assert 'id="real"' not in first and "图正在生成" in first  # served before the script finished
+        assert "图正在生成" in (get("") or "")
+        while time.monotonic() < deadline and 'id="real"' not in (get("figures/slow.svg") or ""):
+            time.sleep(0.5)
+        assert 'id="real"' in (get("figures/slow.svg") or ""), "the finished figure was never served"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "real" not in (get("") or ""):
+            time.sleep(0.5)
+        assert "real" in (get("") or "") and "图正在生成" not in (get("") or "")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_schedule_starts_the_longest_chains_first_and_never_two_on_one_model(tmp_path: Path):
+    """figures.builder.Timings.order: the script that trains the slow model first; a second script needing the
+    same model would only wait for it, so the independent scripts go before it; a model already in the cache
+    costs nothing."""
+    timings = builder.Timings({
+        "scripts": {"a": {"own_cpu": 5, "artifacts": ["slow"]}, "b": {"own_cpu": 6, "artifacts": ["slow"]},
+                    "c": {"own_cpu": 50, "artifacts": []}, "d": {"own_cpu": 1, "artifacts": ["made"]}},
+        "artifacts": {"slow": {"cpu": 100, "needs": ["base"]}, "base": {"cpu": 20, "needs": []},
+                      "made": {"cpu": 500, "needs": []}}}, tmp_path / "timings.json")
+    entry = tmp_path / "artifacts" / "made" / "k"
+    entry.mkdir(parents=True)
+    (entry / builder.MANIFEST).write_text(json.dumps({"key": "k", "files": {}}))
+    assert timings.order(["a", "b", "c", "d"], tmp_path) == ["b", "c", "a", "d"]
+    assert timings.critical_path() == (501, ["made", "d"])

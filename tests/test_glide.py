@@ -1,7 +1,7 @@
-"""refimpl.glide: captions and tokenizer, caption dropout, noised CLIP (refimpl.clip.CLIP) and its gradient, both guidances, CLI, learning.
+"""refimpl.glide: captions and tokenizer (refimpl.captions), caption dropout, noised CLIP (refimpl.clip.CLIP) and its gradient, both guidances, CLI, learning.
 
 Exact checks run on small untrained models (guidance identities hold for any network); the learning
-checks use the cached quick models and samples of figures/glide_model.py (trained once, shared with the figures).
+checks use the cached quick models and samples of figures/zoo/glide.py (trained once, shared with the figures).
 """
 
 import math
@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
-from refimpl import glide
+from refimpl import captions, glide
 from refimpl.clip import CLIP
 from refimpl.cli import main as cli_main
 from refimpl.core import LineageError
 from refimpl.ddim import ddim_sample
 from refimpl.ddpm import ddpm_sample
+from refimpl.guidance import cfg_model
 from refimpl.schedules import make_schedule
 
 # The networks of refimpl.nets embed time in float32, so the exact identities are checked in float32: the same
@@ -39,26 +40,26 @@ def _tiny(seed: int = 0):
 
 def test_captions_round_trip_and_name_one_digit():
     for label in range(10):
-        texts = glide.captions(label)
-        assert len(set(texts)) == len(texts) == 2 * len(glide.TEMPLATES)
-        tokens = glide.tokenize(texts)
-        assert tokens.shape == (len(texts), glide.MAX_LEN)
-        assert glide.detokenize(tokens) == texts
+        texts = captions.captions(label)
+        assert len(set(texts)) == len(texts) == 2 * len(captions.TEMPLATES)
+        tokens = captions.tokenize(texts)
+        assert tokens.shape == (len(texts), captions.MAX_LEN)
+        assert captions.detokenize(tokens) == texts
         for text in texts:  # exactly one digit named, and it is the label
-            named = [w for w in text.split() if w in glide.NUMBER_WORDS or w.isdigit()]
-            assert named in ([glide.NUMBER_WORDS[label]], [str(label)])
-    empty = glide.tokenize([""])
-    assert empty.tolist() == [[1] + [0] * (glide.MAX_LEN - 1)]  # <start>, then padding
-    assert glide.detokenize(glide.tokenize(["The  Digit three"])) == ["the digit three"]
+            named = [w for w in text.split() if w in captions.NUMBER_WORDS or w.isdigit()]
+            assert named in ([captions.NUMBER_WORDS[label]], [str(label)])
+    empty = captions.tokenize([""])
+    assert empty.tolist() == [[1] + [0] * (captions.MAX_LEN - 1)]  # <start>, then padding
+    assert captions.detokenize(captions.tokenize(["The  Digit three"])) == ["the digit three"]
 
 
 def test_tokenizer_refuses_unknown_words_and_long_captions():
-    with pytest.raises(LineageError, match=rf"unknown word 'cat'.*{len(glide.VOCAB)} tokens"):
-        glide.tokenize(["a cat"])
+    with pytest.raises(LineageError, match=rf"unknown word 'cat'.*{len(captions.VOCAB)} tokens"):
+        captions.tokenize(["a cat"])
     with pytest.raises(LineageError, match="at most"):
-        glide.tokenize(["the digit three three three"])
+        captions.tokenize(["the digit three three three"])
     with pytest.raises(LineageError, match="0..9"):
-        glide.captions(10)
+        captions.captions(10)
 
 
 def test_caption_dropout_rate():
@@ -66,9 +67,9 @@ def test_caption_dropout_rate():
     (a false failure has probability ~6e-7); the kept captions are untouched."""
     n, p = 20_000, glide.CAPTION_DROP
     generator = torch.Generator().manual_seed(0)
-    tokens = glide.random_captions(torch.randint(0, 10, (n,), generator=generator), generator)
-    dropped = glide.drop_captions(tokens, p, generator)
-    empty = (dropped == glide.tokenize([""])).all(1)
+    tokens = captions.random_captions(torch.randint(0, 10, (n,), generator=generator), generator)
+    dropped = captions.drop_captions(tokens, p, generator)
+    empty = (dropped == captions.tokenize([""])).all(1)
     assert abs(empty.float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
     assert torch.equal(dropped[~empty], tokens[~empty])
     assert p == 0.2  # GLIDE Sec. 4.2
@@ -79,7 +80,7 @@ def test_caption_dropout_rate():
 def test_clip_logits_are_scaled_cosines():
     _, clip = _tiny()
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 500, 999])
-    tokens = glide.tokenize(["3", "the digit five", "a handwritten nine"])
+    tokens = captions.tokenize(["3", "the digit five", "a handwritten nine"])
     f, g = clip.image_features(x, t), clip.text_features(tokens)
     assert (f.norm(dim=1) - 1).abs().max() < TOL32 and (g.norm(dim=1) - 1).abs().max() < TOL32
     assert (clip(x, tokens, t) - clip.logit_scale.exp() * f @ g.T).abs().max() < 15 * TOL32  # logits up to 1/0.07
@@ -95,7 +96,7 @@ def test_clip_gradient_per_row_and_against_finite_differences():
     _, clip = _tiny()
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([100, 700])
-    g = clip.text_features(glide.tokenize(["the digit two", "seven"])).detach()
+    g = clip.text_features(captions.tokenize(["the digit two", "seven"])).detach()
     grad = glide.clip_grad(clip, x, t, g)
     for row in range(2):
         alone = glide.clip_grad(clip, x[row:row + 1], t[row:row + 1], g[row])
@@ -115,14 +116,15 @@ def test_clip_gradient_per_row_and_against_finite_differences():
 def test_cfg_scale_one_is_the_conditional_model_and_zero_the_unconditional():
     model, _ = _tiny()
     x, t = torch.randn(4, 1, 8, 8), torch.tensor([10, 200, 600, 999])
-    tokens = glide.tokenize(["the digit one", "4", "a handwritten eight", "the number zero"])
+    tokens = captions.tokenize(["the digit one", "4", "a handwritten eight", "the number zero"])
+    null = captions.tokenize([""])  # the empty caption: the null condition
     with torch.no_grad():
-        conditional, unconditional = model(x, t, tokens), model(x, t, glide.tokenize([""] * 4))
-        assert (glide.cfg_model(model, tokens, 1.0)(x, t) - conditional).abs().max() < TOL32
-        assert (glide.cfg_model(model, tokens, 0.0)(x, t) - unconditional).abs().max() < TOL32
+        conditional, unconditional = model(x, t, tokens), model(x, t, captions.tokenize([""] * 4))
+        assert (cfg_model(model, tokens, 1.0, null=null)(x, t) - conditional).abs().max() < TOL32
+        assert (cfg_model(model, tokens, 0.0, null=null)(x, t) - unconditional).abs().max() < TOL32
         s = 3.0
         expected = unconditional + s * (conditional - unconditional)
-        assert (glide.cfg_model(model, tokens, s)(x, t) - expected).abs().max() < TOL32
+        assert (cfg_model(model, tokens, s, null=null)(x, t) - expected).abs().max() < TOL32
     assert (conditional - unconditional).abs().max() > 1e-6  # the caption matters
 
 
@@ -131,7 +133,7 @@ def test_clip_guided_eps_shifts_by_the_clip_gradient():
     model, clip = _tiny()
     schedule = make_schedule("linear", 1000)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([50, 800])
-    tokens = glide.tokenize(["six", "the digit two"])
+    tokens = captions.tokenize(["six", "the digit two"])
     s = 7.0
     got = glide.clip_guided_model(model, clip, tokens, s, schedule)(x, t)
     with torch.no_grad():
@@ -147,7 +149,7 @@ def test_unguided_settings_agree_across_samplers():
     100-step schedule keeps the ancestral runs short; the identities hold for any schedule."""
     model, clip = _tiny()
     schedule = make_schedule("linear", 100)
-    tokens = glide.tokenize(["the digit three", "nine"])
+    tokens = captions.tokenize(["the digit three", "nine"])
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     conditional = lambda x, t: model(x, t, tokens)  # noqa: E731
     with torch.no_grad():
@@ -156,14 +158,14 @@ def test_unguided_settings_agree_across_samplers():
         reference = ddpm_sample(conditional, x_T, schedule, generator=torch.Generator().manual_seed(4))
     assert (ancestral - reference).abs().max() < TOL32
     clip_ddim = ddim_sample(glide.clip_guided_model(model, clip, tokens, 0.0, schedule), x_T, schedule, steps=10)
-    cfg_ddim = ddim_sample(glide.cfg_model(model, tokens, 1.0), x_T, schedule, steps=10)
+    cfg_ddim = ddim_sample(cfg_model(model, tokens, 1.0, null=captions.tokenize([""])), x_T, schedule, steps=10)
     assert (clip_ddim - cfg_ddim).abs().max() < TOL32
 
 
 # --- command line -------------------------------------------------------------------------
 
 def _cli(*args: str) -> int:
-    return cli_main({"glide": "refimpl.glide"}, ["glide", *args])
+    return cli_main({"glide": "refimpl.commands.glide"}, ["glide", *args])
 
 
 def test_cli_trains_samples_and_refuses_bad_input(tmp_path, capsys):
@@ -194,7 +196,7 @@ def test_guided_digits_show_the_captioned_digit():
     sqrt(0.1 * 0.9 / 100) = 0.03, so we require accuracy > 0.1 + 10 SE = 0.4 (a model at chance fails with
     probability < 1e-15; the quick models measure far above it). The unguided conditional model already
     learns the captions: its accuracy, too, must clear the bar."""
-    from figures.glide_model import guided_samples
+    from figures.zoo.glide import guided_samples
     from refimpl.digits_eval import classifier
 
     samples = guided_samples("quick")
@@ -211,7 +213,7 @@ def test_noised_clip_reads_digits_zero_shot():
     """Zero-shot classification by the noised CLIP (pick the caption "the digit k" most similar to x_t) on the
     297 digits that refimpl.digits_eval holds out (the CLIP saw every digit in training, but never this noise):
     at t = 0 (code) accuracy must beat chance by 10 binomial SEs, sqrt(0.1 * 0.9 / 297) = 0.017 -> > 0.27."""
-    from figures.glide_model import clip_checkpoint
+    from figures.zoo.glide import clip_checkpoint
     from refimpl.data import digits
     from refimpl.digits_eval import HOLDOUT
 

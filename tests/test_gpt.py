@@ -1,6 +1,6 @@
 """refimpl.gpt: causality, parity with transformers' GPT2LMHeadModel, sampling, learning on the notes, CLI.
 
-The learning check uses the cached quick model of figures/gpt_model.py (trained once, shared with the figures).
+The learning check uses the cached quick model of figures/zoo/gpt.py (trained once, shared with the figures).
 """
 
 import math
@@ -144,7 +144,7 @@ def test_quick_model_beats_the_unigram_baseline():
     characters, correlated within lines of ~100, the standard error is below 3 / sqrt(120) = 0.3 nats (0.05
     measured by blocks of 100). The curve must also fall: the last held-out loss below the first (the untrained
     model's, about ln V) by more than the same margin."""
-    from figures.gpt_model import curve, gpt_run
+    from figures.zoo.gpt import curve, gpt_run
 
     run = gpt_run("quick")
     c, vocab_size = curve(run), len(gpt.load(run)[1])
@@ -156,7 +156,7 @@ def test_quick_model_beats_the_unigram_baseline():
 # --- command line ------------------------------------------------------------------------------------------
 
 def _cli(*args: str) -> int:
-    return cli_main({"gpt": "refimpl.gpt"}, ["gpt", *args])
+    return cli_main({"gpt": "refimpl.commands.gpt"}, ["gpt", *args])
 
 
 def test_cli_trains_samples_and_refuses_bad_input(tmp_path, capsys):

@@ -62,7 +62,7 @@ def _models():
     yield "unet", build_model("unet", base=32), (images, t)
     yield "mlp", build_model("mlp", data_dim=2, hidden=128, depth=3), (torch.randn(64, 2), torch.randint(0, 1000, (64,)))
     yield "unet-classes", build_model("unet", base=32, num_classes=10), (images, t, None, torch.randint(0, 11, (8,)))
-    tokens = torch.randint(2, 27, (8, 5))  # refimpl.glide.VOCAB: 27 words, 0 = <pad>
+    tokens = torch.randint(2, 27, (8, 5))  # refimpl.captions.VOCAB: 27 words, 0 = <pad>
     tokens[:, -2:] = 0
     yield "ldm", LatentDenoiser(width=32, text_depth=1), (torch.randn(8, 2, 4, 4), t, tokens)
     yield "gpt-body", TransformerStack(64, 32, 48, 2, 4, causal=True), (torch.randint(0, 64, (4, 32)),)

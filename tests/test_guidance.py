@@ -208,7 +208,7 @@ def _richardson(per_sample_100, per_sample_200):
 
 def test_ddim_with_the_exact_conditional_eps_reproduces_p_x_given_y(data, runs):
     # Two statistics of x_0 against their exact values under p(x | y) (from REF direct draws): the fraction that the
-    # exact classifier p(y | x_0) assigns to y, and E log p(x_0 | y), the cross-entropy of figures/closed_form.py.
+    # exact classifier p(y | x_0) assigns to y, and E log p(x_0 | y), the cross-entropy of figures/lib/closed_form.py.
     # Tolerance: 4 combined standard errors (Richardson estimate and reference, independent). With a bias
     # c1 / steps + c2 / steps^2, Richardson leaves -c2 / (2 steps^2) = -c2 / 2e4. Measured biases of E log p are
     # 0.048 and 0.027 nats at 100 and 200 steps (c1 ~ 4.3); even c2 = 10 c1 would leave 2e-3 nats, a seventh of

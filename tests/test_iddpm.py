@@ -20,11 +20,13 @@ import torch
 from clitools import assert_refused, refimpl
 from refimpl import ddpm, iddpm
 from refimpl.core import LineageError
-from refimpl.ddim import ddim_sample, timesteps
-from refimpl.ddpm import ddpm_sample, loss_simple, q_sample
-from refimpl.iddpm import (bits_per_dim, clipped_log_beta_tilde, discretized_gaussian_log_likelihood, eps_only,
-                           hybrid_loss, iddpm_sample, learned_log_variance, normal_kl, prior_term, respace,
-                           reverse_mean, split_output, vlb_terms)
+from refimpl.ddim import ddim_sample
+from refimpl.schedules import timesteps
+from refimpl.ddpm import ddpm_sample, loss_simple
+from refimpl.schedules import q_sample
+from refimpl.iddpm import (bits_per_dim, clipped_log_beta_tilde, eps_only, hybrid_loss, iddpm_sample,
+                           learned_log_variance, prior_term, respace, reverse_mean, split_output, vlb_terms)
+from refimpl.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from refimpl.mixture import GaussianMixture, eps_model, mixture_2d
 from refimpl.schedules import Schedule, cosine_betas, linear_betas, make_schedule
 
@@ -479,7 +481,7 @@ def test_quick_digits_model_samples_recognisable_digits_in_50_steps():
     variance (Sec. 4). Classifier score (the Inception-Score formula with refimpl.digits_eval's classifier):
     uniform noise and real digits are measured here; the samples must score above their midpoint, the same
     bar as DDPM's 1000-step samples in tests/test_ddpm_learning.py."""
-    from figures.models import iddpm_checkpoint
+    from figures.zoo.iddpm import iddpm_checkpoint
     from refimpl.data import digits
     from refimpl.digits_eval import evaluate
 

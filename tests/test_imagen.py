@@ -260,7 +260,7 @@ def test_cli_refuses_bad_input(cli_runs, args, fragment):
 def test_thresholding_controls_saturation_at_high_guidance():
     """At w = 8 the unthresholded samples leave the data range, static thresholding piles pixels on +-1, and dynamic
     thresholding saturates fewer pixels than static (each share is over 50 * 64 = 3200 pixels)."""
-    from figures.imagen_model import HIGH_W, samples, saturation
+    from figures.zoo.imagen import HIGH_W, samples, saturation
 
     s = samples("quick")
     assert s[f"w{HIGH_W:g}_none"].abs().max() > 1.0
@@ -278,7 +278,7 @@ def test_super_resolution_beats_bilinear_on_real_inputs():
     upsampling) than bilinear upsampling of the same input is."""
     import torch.nn.functional as F
 
-    from figures.imagen_model import samples
+    from figures.zoo.imagen import samples
 
     s = samples("quick")
     truth = imagen.high_res(s["real_low"])

@@ -2,7 +2,7 @@
 tiny offline StableDiffusionPipeline and the shape traces, CLI, and learning on the cached quick run.
 
 Exact checks run on small untrained models; the learning checks use the cached quick run and samples of
-figures/ldm_model.py (trained once, shared with the figures).
+figures/zoo/ldm.py (trained once, shared with the figures).
 """
 
 import math
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from refimpl import ldm
+from refimpl.captions import tokenize
 from refimpl.cli import main as cli_main
-from refimpl.glide import tokenize
+from refimpl.transformer import CrossAttentionBlock
 
 
 def _untrained_denoiser(seed: int = 0) -> ldm.LatentDenoiser:
@@ -59,7 +60,7 @@ def test_cross_attention_ignores_padded_tokens_exactly():
     """LDM Eq. (3) with a key padding mask: padded caption positions get weight exactly 0 (softmax of -inf), so
     any features there leave the output bit-for-bit unchanged; changing a real token's features changes it."""
     torch.manual_seed(0)
-    block = ldm.CrossAttentionBlock(32, 4).eval()
+    block = CrossAttentionBlock(32, 4).eval()
     torch.nn.init.normal_(block.proj_out.weight, std=0.1)
     h, context = torch.randn(2, 32, 4, 4), torch.randn(2, 5, 32)
     pad = torch.tensor([[False, False, True, True, True], [False, False, False, True, True]])
@@ -131,7 +132,7 @@ def test_our_trace():
 # --- command line ------------------------------------------------------------------------
 
 def _cli(*argv: str) -> int:
-    return cli_main({"ldm": "refimpl.ldm"}, ["ldm", *argv])
+    return cli_main({"ldm": "refimpl.commands.ldm"}, ["ldm", *argv])
 
 
 def test_cli_trains_resumes_samples_and_refuses(tmp_path, capsys, monkeypatch):
@@ -171,7 +172,7 @@ def test_autoencoder_reconstructs_held_out_digits():
     """On the 297 held-out digits (never trained on), D(mean of E(x)) is within one grey level on average: the
     source pixels are integers 0..16 mapped to [-1, 1] in steps of 2/16 = 0.125, so we require mean |x - D(E(x))|
     < 0.125. The scale factor in the run's config is 1 / std of the training latents (recomputed exactly)."""
-    from figures.ldm_model import ldm_checkpoint
+    from figures.zoo.ldm import ldm_checkpoint
 
     autoencoder, _, _, scale = ldm.load(ldm_checkpoint("quick"))
     images, _ = ldm.held_out()
@@ -192,7 +193,7 @@ def test_generated_digits_show_the_captioned_digit():
     refimpl.digits_eval.classifier() far above chance (0.1): with n = 100 samples the binomial SE at chance is
     sqrt(0.1 * 0.9 / 100) = 0.03; we require accuracy > 0.1 + 10 SE = 0.4 without guidance (s = 1) and with
     CFG (s = 3) (a model at chance fails with probability < 1e-15)."""
-    from figures.ldm_model import accuracy, guided_samples
+    from figures.zoo.ldm import accuracy, guided_samples
 
     samples = guided_samples("quick")
     bar = 0.1 + 10 * math.sqrt(0.1 * 0.9 / samples["labels"].numel())

@@ -1,4 +1,4 @@
-"""The LLM evolution tree (docs/llm/models.yml -> figures/llm_tree.py): the data obey their rules,
+"""The LLM evolution tree (docs/llm/models.yml -> figures/pages/llm/llm_tree.py): the data obey their rules,
 each rule is enforced with one clear line naming the entry and the field, and the figure script
 writes an SVG with every model's name and a table with one row per model."""
 
@@ -10,8 +10,11 @@ import datetime as dt
 import pytest
 import yaml
 
-from figures import llm_models, llm_tree, registry
-from figures.llm_models import BRANCHES, WEIGHTS, ModelsError
+from figures import builder, registry
+from figures.lib import llm_models
+from figures.lib.llm_models import BRANCHES, WEIGHTS, ModelsError
+
+llm_tree = builder.load_script("llm_tree")  # the figure script (figures/pages/llm/ is not a package)
 
 
 @pytest.fixture(scope="module")

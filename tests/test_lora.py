@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from refimpl import ldm, lora
-from refimpl.glide import build_seeded, tokenize
+from refimpl.captions import tokenize
 from refimpl.gpt import GPT, lm_loss
+from refimpl.training import build_seeded
 from refimpl.transformer import MultiHeadAttention
 from tests.clitools import assert_refused, refimpl
 
@@ -119,8 +120,8 @@ def test_lora_teaches_the_ldm_the_slanted_writer():
     per-image skew SD of about 0.12-0.2, the SE of a mean skew is <= 0.02; we require the LoRA samples' mean skew to
     exceed the base's by 0.2 (half the shear, > 10 SE). Legibility: after undoing the shear (styles.shear by -SHEAR)
     the classifier reads the captioned digit in > 0.1 + 10 SE = 0.4 of the samples (binomial SE at chance 0.03)."""
-    from figures.controlnet_model import read_as
-    from figures.lora_model import style_samples
+    from figures.zoo.lora import style_samples
+    from refimpl.digits_eval import read_as
     from refimpl.styles import SHEAR, shear, skew
 
     samples = style_samples("quick")
@@ -135,7 +136,7 @@ def test_lora_adapts_the_gpt_to_python_source():
     """Held-out loss on the Python source (~9,800 characters; per-character losses have SD ~2 nats, so the SE of
     the mean is ~0.02): LoRA must lower it by more than 0.5 nats (25 SE) with < 2% of the parameters trainable,
     and full fine-tuning, which trains every weight, must reach a lower loss still."""
-    from figures.lora_model import gpt_results
+    from figures.zoo.lora import gpt_results
 
     results = gpt_results("quick")
     low, full = results["lora"], results["full"]
@@ -148,7 +149,7 @@ def test_lora_adapts_the_gpt_to_python_source():
 
 @pytest.mark.slow
 def test_cli_trains_samples_and_refuses(tmp_path):
-    from figures.ldm_model import ldm_checkpoint
+    from figures.zoo.ldm import ldm_checkpoint
 
     base = str(ldm_checkpoint("quick"))
     result = refimpl("lora", "train", "--base", base, "--steps", "3", "--out", "run", "--quiet", cwd=tmp_path)

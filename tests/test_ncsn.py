@@ -256,7 +256,7 @@ def test_quick_swissroll_model_samples_the_data():
     default settings. Sliced Wasserstein to fresh data against two baselines measured here, as for DDPM: two
     independent data draws of the same size (the floor) and a moment-matched Gaussian. The samples must be
     nearer the floor than the Gaussian: below the midpoint of the two."""
-    from figures.models import ncsn_checkpoint
+    from figures.zoo.ncsn import ncsn_checkpoint
 
     n = 2000
     samples = ncsn.sample_from_checkpoint(ncsn_checkpoint("swissroll", "quick"), n, disable=True)

@@ -205,7 +205,7 @@ def test_quick_model_beats_the_gaussian_and_samples_the_swiss_roll():
     """Learning: on fresh data, K beats the isotropic Gaussian L_null (Table 1's baseline) by more than 4
     standard errors, and the samples are nearer the data than a moment-matched Gaussian (sliced Wasserstein
     below the midpoint of the data-vs-data floor and the Gaussian), as in tests/test_ddpm_learning.py."""
-    from figures.nonequilibrium_model import checkpoint, samples
+    from figures.zoo.nonequilibrium import checkpoint, samples
 
     result, null = ne.bound_from_checkpoint(checkpoint("quick"), 2000, disable=True)
     gain = result.total - null

@@ -1,11 +1,11 @@
 """Learning: the quick VP-SDE score model the site shows really learns swissroll (verification ladder, rung 3).
 
-The model comes from figures.models.sde_checkpoint, the same cached artifact the site build uses.
+The model comes from figures.zoo.sde.sde_checkpoint, the same cached artifact the site build uses.
 """
 
 import pytest
 
-from figures.models import sde_checkpoint
+from figures.zoo.sde import sde_checkpoint
 from learning import assert_near_the_data
 from refimpl.sde import sample_from_checkpoint
 

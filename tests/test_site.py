@@ -47,14 +47,18 @@ def test_paper_pages_carry_their_registry_card(site):
 
 
 def test_code_on_pages_is_the_refimpl_source(site):
-    """The page shows the snippet sections of refimpl/ddpm.py verbatim (after highlighting is stripped)."""
-    text = html.unescape(re.sub(r"<[^>]+>", "", html_of(site, ROOT / "docs/diffusion/ddpm.md")))
-    source = (ROOT / "refimpl/ddpm.py").read_text(encoding="utf-8")
-    for name in ("q_sample", "posterior", "loss_simple", "ddpm_step", "ddpm_sample", "train"):
+    """The DDPM page shows every refimpl snippet section it includes (q_sample and posterior from
+    refimpl/schedules.py, the rest from refimpl/ddpm.py) verbatim, after highlighting is stripped."""
+    page = ROOT / "docs/diffusion/ddpm.md"
+    text = html.unescape(re.sub(r"<[^>]+>", "", html_of(site, page)))
+    includes = re.findall(r'^--8<-- "(refimpl/[\w/]+\.py):([\w-]+)"$', page.read_text(encoding="utf-8"), re.MULTILINE)
+    assert {"q_sample", "posterior", "loss_simple", "ddpm_step", "ddpm_sample", "train"} <= {n for _, n in includes}
+    for path, name in includes:
+        source = (ROOT / path).read_text(encoding="utf-8")
         section = re.search(rf"# --8<-- \[start:{name}\]\n(.*?)# --8<-- \[end:{name}\]", source, re.DOTALL)
-        assert section, name
-        first_def = next(line for line in section[1].splitlines() if line.startswith(("def ", "@")))
-        assert first_def in text, name
+        assert section, (path, name)
+        first_def = next(line for line in section[1].splitlines() if line.startswith(("def ", "@", "class ")))
+        assert first_def in text, (path, name)
 
 
 def test_images_exist_and_are_generated(site):

@@ -17,7 +17,8 @@ from clitools import assert_refused, refimpl, with_defaults
 from test_ddim import ode_endpoint  # RK4 reference solution of the probability-flow ODE (exact eps* of a mixture)
 from test_diffusers_parity import PerturbedMLP
 from refimpl.core import LineageError
-from refimpl.ddim import ddim_sample, timesteps
+from refimpl.ddim import ddim_sample
+from refimpl.schedules import timesteps
 from refimpl.ddpm import train, train_config
 from refimpl.mixture import GaussianMixture, eps_model, mixture_2d
 from refimpl.mixture import gaussian_flow as mixture_flow

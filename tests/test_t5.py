@@ -1,7 +1,7 @@
 """refimpl.t5: relative position buckets, causality, span corruption, transformers parity, fill, learning, CLI.
 
 Exact checks run on small untrained models; the learning check uses the cached quick model of
-figures/t5_model.py (trained once, shared with the figures).
+figures/zoo/t5.py (trained once, shared with the figures).
 """
 
 import math
@@ -249,7 +249,7 @@ def test_quick_model_beats_the_unigram_baseline_on_held_out_spans():
     add-one unigram model of the training text (a model that ignores the context). The margin is 10 standard
     errors of the mean per-window difference (refimpl.t5.evaluate: 256 independently drawn windows), so the
     gap cannot be chance; and the loss falls during training (first held-out point vs last, same margin)."""
-    from figures.t5_model import held_out_curve, t5_checkpoint
+    from figures.zoo.t5 import held_out_curve, t5_checkpoint
 
     curve = held_out_curve(t5_checkpoint("quick"))
     first, last = curve[0], curve[-1]
@@ -261,7 +261,7 @@ def test_quick_model_beats_the_unigram_baseline_on_held_out_spans():
 # --- command line -------------------------------------------------------------------------------------------------
 
 def _cli(argv, capsys):
-    code = cli_main({"t5": "refimpl.t5"}, ["t5", *argv])
+    code = cli_main({"t5": "refimpl.commands.t5"}, ["t5", *argv])
     return code, capsys.readouterr()
 
 

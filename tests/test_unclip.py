@@ -2,7 +2,7 @@
 the command line, and learning on the cached quick run (variations vs image-to-image, text to image).
 
 Exact checks run on small untrained models; the learning checks use the cached run and measurements of
-figures/unclip_model.py (trained once on the cached quick CLIP, shared with the figures).
+figures/zoo/unclip.py (trained once on the cached quick CLIP, shared with the figures).
 """
 
 import math
@@ -14,7 +14,7 @@ import torch
 from refimpl import unclip
 from refimpl.cli import main as cli_main
 from refimpl.core import LineageError
-from refimpl.ddpm import q_sample
+from refimpl.schedules import q_sample
 from refimpl.schedules import Schedule, linear_betas, make_schedule
 
 DIM = 32  # the quick CLIP's embedding size
@@ -143,7 +143,7 @@ def test_diffusers_text_proj_uses_a_learned_null_and_adds_the_text_embedding():
 # --- command line ---------------------------------------------------------------------------
 
 def _cli(*args: str) -> int:
-    return cli_main({"unclip": "refimpl.unclip"}, ["unclip", *args])
+    return cli_main({"unclip": "refimpl.commands.unclip"}, ["unclip", *args])
 
 
 def test_cli_trains_resumes_samples_and_refuses(tmp_path, capsys, monkeypatch):
@@ -201,7 +201,7 @@ def test_variations_keep_the_class_of_their_input():
     decoder, two seeds) are read as the input's digit by refimpl.digits_eval.classifier() far more often than
     chance. Each seed's 297 reads are binomial; the mean of the two seeds has SE <= sqrt(0.09 / 297) at chance,
     and we require > 0.1 + 6 SE = 0.21."""
-    from figures.unclip_model import comparison
+    from figures.zoo.unclip import comparison
 
     numbers, _ = comparison("quick")
     assert numbers["var"]["kept"] > _chance_bar(numbers["n"]), numbers["var"]
@@ -212,7 +212,7 @@ def test_variations_move_pixels_more_than_light_image_to_image():
     """The seed note's contrast, measured on the same inputs: image-to-image from t = 250 stays near the input in
     pixels, a variation does not. Per image, d = RMS(variation - x) - RMS(img2img_250 - x) (seed 0); we require
     mean(d) > 4 SE(d) (SE from the 297 paired differences: a one-sided z-test at ~3e-5)."""
-    from figures.unclip_model import comparison
+    from figures.zoo.unclip import comparison
 
     _, samples = comparison("quick")
     x = samples["inputs"]
@@ -225,7 +225,7 @@ def test_variations_move_pixels_more_than_light_image_to_image():
 def test_text_to_image_draws_the_captioned_digit():
     """caption -> CLIP text embedding -> prior -> decoder: 200 samples (20 per digit, EN and ZH templates) are read
     as the captioned digit above 0.1 + 6 SE at chance = 0.227."""
-    from figures.unclip_model import comparison
+    from figures.zoo.unclip import comparison
 
     numbers, _ = comparison("quick")
     accuracy = numbers["t2i_accuracy"]

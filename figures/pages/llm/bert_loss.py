@@ -1,0 +1,24 @@
+"""Masked-token loss of the quick BERT run against training steps: training loss, held-out loss, unigram baseline."""
+
+import json
+from pathlib import Path
+
+from figures.zoo.bert import bert_run
+from refimpl.plots import save, subplots
+
+PAGE = "llm/bert.md"
+OUTPUTS = ("bert_loss.svg",)
+INPUTS = ("docs",)  # the notes: the model trains on them (refimpl.text.corpus)
+
+
+def make(out: Path, preset: str) -> None:
+    run = json.loads((bert_run(preset) / "held_out.json").read_text())
+    fig, ax = subplots(figsize=(5.0, 3.2))
+    ax.plot(*zip(*run["train"]), label="training (masked positions of the batch)", alpha=0.8)
+    held = run["held_out"]
+    ax.plot([h["step"] for h in held], [h["model"] for h in held], marker="o", label="held-out notes")
+    ax.axhline(held[-1]["unigram"], color="0.5", linestyle="--", label="unigram baseline (held-out)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (nats / masked character)")
+    ax.legend()
+    save(fig, out / "bert_loss.svg")

@@ -1,0 +1,53 @@
+"""``python -m refimpl clip ...``: contrastive pre-training, zero-shot accuracy, similarity matrix."""
+
+from __future__ import annotations
+
+from refimpl import clip
+from refimpl.captions import TEMPLATE_SETS
+from refimpl.cli import add_common, add_preset, positive_int
+from refimpl.core import pick_device
+
+
+def add_commands(commands) -> None:
+    """``python -m refimpl clip train|zero-shot|similarity``."""
+    cmd = commands.add_parser("train", help="contrastive pre-training on captioned digits; reruns resume")
+    add_preset(cmd)
+    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
+    cmd.add_argument("--out", required=True, help="checkpoint directory")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_train)
+    for name, run, what in (("zero-shot", _run_zero_shot, "zero-shot accuracy on the 297 held-out digits"),
+                            ("similarity", _run_similarity, "cosine similarity of one held-out image per digit "
+                                                            "with each digit's prompts")):
+        cmd = commands.add_parser(name, help=what)
+        cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+        cmd.add_argument("--templates", choices=TEMPLATE_SETS, default=None if run is _run_zero_shot else "both",
+                         help="prompt templates: en, zh or both (ensemble); zero-shot default: each in turn, "
+                              "similarity default: both")
+        cmd.set_defaults(run=run)
+
+
+def _run_train(args) -> int:
+    device = pick_device(args.device)
+    config = clip.train_config(args.preset, steps=args.steps, seed=args.seed)
+    _, history = clip.train(config, args.out, device=device, progress=not args.quiet)
+    last = f", final loss {history[-1][1]:.4f}" if history else ""
+    print(f"trained clip for {config['steps']} steps on {device}{last}; checkpoint: {args.out}")
+    return 0
+
+
+def _run_zero_shot(args) -> int:
+    model, tok, _ = clip.load(args.ckpt)
+    for which in [args.templates] if args.templates else TEMPLATE_SETS:
+        print(f"zero-shot accuracy ({which} templates) on {len(clip.split()[1][1])} held-out digits: "
+              f"{clip.held_out_accuracy(model, tok, which):.3f} (chance 0.100)")
+    return 0
+
+
+def _run_similarity(args) -> int:
+    model, tok, _ = clip.load(args.ckpt)
+    matrix = clip.similarity(model, tok, args.templates)
+    print("image \\ prompt " + " ".join(f"{j:>5}" for j in range(10)))
+    for k, row in enumerate(matrix.tolist()):
+        print(f"digit {k:<9}" + " ".join(f"{v:5.2f}" for v in row))
+    return 0
