@@ -1,7 +1,8 @@
 """MkDocs hook (``hooks: [figures/hook.py]`` in mkdocs.yml).
 
 Figures: ``on_files`` builds every figure through :func:`figures.builder.build` (cached,
-so a rebuild is cheap) and publishes each image output as ``site/figures/<name>``; pages
+so a rebuild is cheap; under ``mkdocs serve`` it publishes placeholders instead and builds in
+the background, see below) and publishes each image output as ``site/figures/<name>``; pages
 link it as ``../figures/<name>``. ``.md``/``.json`` outputs are not published; look them
 up with :func:`figure_output`. Nothing is written under ``docs/`` (``mkdocs serve`` must
 not see its own output), everything lives in the figure cache.
@@ -76,8 +77,9 @@ def on_startup(command, dirty):
     _SERVE["command"] = command
 
 
-def on_serve(server, config, builder):
-    figures_dir = _builder().default_cache(_builder().default_root()) / "figures"
+def on_serve(server, config, builder):  # noqa: ARG001 - mkdocs' signature; ``builder`` is its page builder
+    figures = _builder()
+    figures_dir = figures.default_cache(figures.default_root()) / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     server.watch(str(figures_dir))
     return server
