@@ -8,7 +8,8 @@
 The root is ``$LINEAGE_ROOT`` (default: this repository), the packages whose sources key
 the cache are ``$LINEAGE_PACKAGES`` (default ``refimpl,figures``), the cache dir is
 ``$LINEAGE_CACHE`` (default ``<root>/.cache/lineage``), the preset ``$LINEAGE_PRESET``.
-``_run-one SCRIPT OUT PRESET`` is internal: the builder runs each script that way.
+``_run-one SCRIPT OUT PRESET`` and ``_worker`` are internal: the builder runs each script that way (see
+``figures.builder._Worker``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_run-one"]:
         return builder.run_one(*argv[1:])
+    if argv == ["_worker"]:
+        return builder.worker_loop()
     parser = argparse.ArgumentParser(prog="python -m figures", description="Build Lineage's figures.")
     parser.add_argument("--cache", help="cache dir (default $LINEAGE_CACHE or <root>/.cache/lineage)")
     sub = parser.add_subparsers(dest="command", required=True)

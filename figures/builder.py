@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -33,6 +34,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -548,24 +550,95 @@ def _tail(log: Path, lines: int = 12) -> list[str]:
     return keep[-lines:]
 
 
-def _run_script(script: Script, key: str, root: Path, cache: Path, preset: str,
-                env: dict[str, str]) -> tuple[Path | None, str | None, dict]:
-    """Run one script in a subprocess; (entry, None, timing) on success, (None, error, {}) on failure.
+#: third-party modules a worker imports once, before it forks a child per script (never a project module:
+#: every script still imports the project's code fresh, in its own child)
+PRELOAD = ("numpy", "torch", "matplotlib.pyplot", "sklearn.datasets", "safetensors.torch", "PIL.Image")
+
+
+class _Worker:
+    """Runs figure scripts one at a time, each in a fresh process (``run_one``), writing its output to a log.
+
+    On Linux the worker is a warm process that has imported :data:`PRELOAD` once and forks a child per script,
+    so the seconds of importing torch and matplotlib are paid once per worker instead of once per script; the
+    child starts from that state with the project's modules not yet imported, as a new process would. Elsewhere
+    (fork after importing these libraries is not safe on macOS) every script gets a new interpreter."""
+
+    FORK = sys.platform == "linux"
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env, self.proc = root, env, None
+
+    def run(self, script: Path, out: Path, preset: str, log: Path) -> int:
+        """The exit status of ``run_one(script, out, preset)`` (negative: killed by that signal)."""
+        if not self.FORK:
+            with open(log, "wb") as fh:
+                return subprocess.run([sys.executable, "-m", "figures", "_run-one", str(script), str(out), preset],
+                                      cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=fh,
+                                      stderr=subprocess.STDOUT).returncode
+        if self.proc is None:
+            self.proc = subprocess.Popen([sys.executable, "-m", "figures", "_worker"], cwd=self.root, env=self.env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.proc.stdin.write(json.dumps([str(script), str(out), preset, str(log)]) + "\n")
+            self.proc.stdin.flush()
+            reply = self.proc.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        if not reply:
+            self.proc = None
+            raise OSError("the figure worker process died")
+        return int(reply)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait()
+            self.proc = None
+
+
+def worker_loop() -> int:
+    """The worker side of :class:`_Worker`: import :data:`PRELOAD`, then for each request line (script, out,
+    preset, log) fork a child that runs :func:`run_one` with its output in the log, and answer its exit status."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    for line in sys.stdin:
+        script, out, preset, log = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                code = run_one(script, out, preset)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
+    return 0
+
+
+def _run_script(script: Script, key: str, cache: Path, preset: str,
+                worker: _Worker) -> tuple[Path | None, str | None, dict]:
+    """Run one script on ``worker``; (entry, None, timing) on success, (None, error, {}) on failure.
 
     ``timing`` is the child's record: its CPU seconds and what each cached() call cost (see ARTIFACT_TIMES)."""
     tmp = _make_tmp(cache, script.name)
     log = tmp.with_name(tmp.name + "-log")
     timing_file = tmp.with_name(tmp.name + "-timing")
     try:
-        with open(log, "wb") as fh:
-            proc = subprocess.run(
-                [sys.executable, "-m", "figures", "_run-one", str(script.path), str(tmp), preset],
-                cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
+        returncode = worker.run(script.path, tmp, preset, log)
+        if returncode != 0:
             tail = _tail(log)
-            if proc.returncode < 0:
-                tail.append(f"killed by signal {-proc.returncode}")
-            why = tail[-1] if tail else f"exit status {proc.returncode}"
+            if returncode < 0:
+                tail.append(f"killed by signal {-returncode}")
+            why = tail[-1] if tail else f"exit status {returncode}"
             context = "".join(f"\n    {line}" for line in tail[:-1])
             return None, f"figure {script.name} failed: {why}{context}", {}
         present = {p.name for p in tmp.iterdir()}
@@ -630,6 +703,9 @@ class Timings:
             needs = sorted({c["artifact"] for c in calls if c.get("parent") == call["artifact"]})
             self.artifacts[call["artifact"]] = {"cpu": round(call["cpu"], 2), "wall": round(call["wall"], 2),
                                                 "needs": needs, "made_by": script}
+        for call in calls:  # what its key is made of, so that a later build can tell whether it is made
+            if "modules" in call:
+                self.artifacts.setdefault(call["artifact"], {}).update(modules=call["modules"], config=call["config"])
         self.scripts[script] = {
             "wall": round(wall, 2), "cpu": round(timing.get("cpu", 0.0), 2),
             "own_cpu": round(max(0.0, timing.get("cpu", 0.0) - sum(c["cpu"] for c in produced)), 2),
@@ -642,6 +718,17 @@ class Timings:
         tmp.write_text(json.dumps({"scripts": self.scripts, "artifacts": self.artifacts}, indent=1,
                                   sort_keys=True))
         os.replace(tmp, self.path)
+
+    def key(self, name: str, preset: str, root: Path, packages: Sequence[str]) -> str | None:
+        """Artifact ``name``'s cache key under today's sources, from the modules and config an earlier build
+        recorded (None without that record, or when a module it was made from is gone)."""
+        info = self.artifacts.get(name, {})
+        if "modules" not in info:
+            return None
+        try:
+            return artifact_key(name, info["modules"], info["config"], preset, root, packages)
+        except (FigureError, OSError):
+            return None
 
     def own(self, script: str) -> float:
         known = [v["own_cpu"] for v in self.scripts.values()]
@@ -664,11 +751,11 @@ class Timings:
         info = self.artifacts.get(name, {})
         return info.get("cpu", 0.0) + max((self.chain(n) for n in info.get("needs", [])), default=0.0)
 
-    def order(self, names: list[str], cache: Path) -> list[str]:
+    def order(self, names: list[str], made: Callable[[str], bool]) -> list[str]:
         """Longest first: repeatedly the script with the longest chain of work ahead of it (its own work after
         the missing artifacts it needs). An artifact counts only for the first script that will make it; the
         scripts that need it too would only wait for it, so they come later, with their own work alone."""
-        claimed = {a for a in self.artifacts if _has_artifact(cache, a)}
+        claimed = {a for a in self.artifacts if made(a)}
         left, order = list(names), []
         while left:
             def cost(name: str) -> float:
@@ -695,8 +782,13 @@ class Timings:
         return best
 
 
-def _has_artifact(cache: Path, name: str) -> bool:
+
+
+def _made(cache: Path, name: str, key: str | None) -> bool:
+    """Whether artifact ``name`` is in the cache under ``key`` (None: under any key, for want of a better guess)."""
     folder = Path(cache) / "artifacts" / name
+    if key is not None:
+        return _read_manifest(folder / key) is not None
     return folder.is_dir() and any(_read_manifest(e) is not None for e in folder.iterdir() if e.is_dir())
 
 
@@ -708,9 +800,9 @@ def _duration(seconds: float) -> str:
 class _Progress:
     """``[k/N]`` lines with the elapsed time, an estimate of what is left and the models still to come."""
 
-    def __init__(self, history: Timings, names: list[str], cache: Path, cpus: int,
+    def __init__(self, history: Timings, names: list[str], made: Callable[[str], bool], cpus: int,
                  log: Callable[[str], None]) -> None:
-        self.history, self.left, self.cache, self.cpus, self.log = history, list(names), cache, cpus, log
+        self.history, self.left, self.made, self.cpus, self.log = history, list(names), made, cpus, log
         self.total, self.start = len(names), time.perf_counter()
         log(f"figures: building {self.total} script(s) on {cpus} core(s), "
             f"~{_duration(self.remaining()[0])} of work by earlier builds' timings")
@@ -718,7 +810,7 @@ class _Progress:
     def remaining(self) -> tuple[float, list[str]]:
         """Estimated wall seconds for the scripts left, and the artifacts they need that are not made yet."""
         wanted = self.history.closure(a for n in self.left for a in self.history.scripts.get(n, {}).get("artifacts", []))
-        models = sorted(a for a in wanted if not _has_artifact(self.cache, a))
+        models = sorted(a for a in wanted if not self.made(a))
         cpu = sum(self.history.own(n) for n in self.left) + sum(self.history.artifacts.get(a, {}).get("cpu", 0.0)
                                                                for a in models)
         return cpu / self.cpus, models
@@ -802,20 +894,37 @@ def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | N
         # cores keeps the cores busy meanwhile. Each child runs one thread per core it is given.
         workers = max(1, min(jobs or cpus + (cpus + 1) // 2, len(pending)))
         env = _child_env(root, cache, preset, packages, max(1, cpus // workers))
+        keys: dict[str, str | None] = {}  # artifact -> its key today (None: unknown), worked out once
+
+        def made(artifact: str) -> bool:
+            if artifact not in keys:
+                keys[artifact] = history.key(artifact, preset, root, packages)
+            return _made(cache, artifact, keys[artifact])
+
         pending = [dict((s.name, (s, k)) for s, k in pending)[name]
-                   for name in history.order([s.name for s, _ in pending], cache)]
-        progress = _Progress(history, [s.name for s, _ in pending], cache, cpus, log)
+                   for name in history.order([s.name for s, _ in pending], made)]
+        progress = _Progress(history, [s.name for s, _ in pending], made, cpus, log)
+
+        idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()  # one per pool thread at most
+        started_workers: list[_Worker] = []
 
         def run(item: tuple[Script, str]):
             script, key = item
             start = time.perf_counter()
             try:
-                entry, error, timing = _run_script(script, key, root, cache, preset, env)
+                worker = idle.get_nowait()
+            except queue.Empty:
+                worker = _Worker(root, env)
+                started_workers.append(worker)
+            try:
+                entry, error, timing = _run_script(script, key, cache, preset, worker)
             except OSError as err:  # e.g. a full disk while publishing
                 entry, error, timing = None, f"figure {script.name} failed: {type(err).__name__}: {err}", {}
+            idle.put(worker)
             return script, key, entry, error, timing, time.perf_counter() - start
 
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            stack.callback(lambda: [w.close() for w in started_workers])
             futures = [pool.submit(run, item) for item in pending]
             for future in concurrent.futures.as_completed(futures):
                 script, key, entry, error, timing, seconds = future.result()
@@ -870,6 +979,20 @@ ARTIFACT_TIMES: list[dict] = []
 _PRODUCING: list[str] = []  # the artifacts whose producers are running in this process, innermost last
 
 
+def artifact_key(name: str, modules: Sequence[str], config_json: str, preset: str, root: Path,
+                 packages: Sequence[str] | None = None) -> str:
+    """The cache key of artifact ``name``: the sources of ``modules`` with what they import, the config (JSON),
+    the preset and the library versions (see :func:`cached`)."""
+    h = _Hash("lineage-artifact-key/1")
+    h.add(name)
+    for module in sorted(set(modules)):
+        h.add(module)
+        h.add_files(root, module_closure(module, root=root, packages=packages))
+    h.add(config_json)
+    h.add_common(preset)
+    return h.hexdigest()
+
+
 def cached(name: str, modules: Sequence[str], producer: Callable[[Path], None], *, preset: str,
            config: dict | None = None, root: Path | str | None = None, cache_dir: Path | str | None = None,
            packages: Sequence[str] | None = None) -> Path:
@@ -889,17 +1012,11 @@ def cached(name: str, modules: Sequence[str], producer: Callable[[Path], None], 
     if not name or "/" in name or name.startswith("."):
         raise FigureError(f"bad artifact name {name!r}")
     config_json = json.dumps(config or {}, sort_keys=True)
-    h = _Hash("lineage-artifact-key/1")
-    h.add(name)
-    for module in sorted(set(modules)):
-        h.add(module)
-        h.add_files(root, module_closure(module, root=root, packages=packages))
-    h.add(config_json)
-    h.add_common(preset)
-    key = h.hexdigest()
+    modules = sorted(set(modules))
+    key = artifact_key(name, modules, config_json, preset, root, packages)
     entry = cache / "artifacts" / name / key
     record = {"artifact": name, "parent": _PRODUCING[-1] if _PRODUCING else None, "cpu": 0.0, "wall": 0.0,
-              "wait": 0.0}
+              "wait": 0.0, "modules": modules, "config": config_json}
     ARTIFACT_TIMES.append(record)
     if _read_manifest(entry) is not None:
         return entry

@@ -89,25 +89,51 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
                         help="quick: CPU, seconds to a minute; full: GPU-sized (default quick)")
 
 
-def add_train_command(commands, run, *, help: str, data: Sequence[str], default: str = "swissroll"):
-    """The ``train`` command every trainer has: --data, --preset, --steps, --out and the common options.
-    Returns the parser, for a module's extra options."""
-    cmd = commands.add_parser("train", help=help)
-    cmd.add_argument("--data", choices=data, default=default)
+def add_train_command(commands, run, *, help: str, name: str = "train", data: Sequence[str] | None = None,
+                      default: str = "swissroll", inputs: dict[str, str] | None = None,
+                      steps: dict[str, str] | None = None, options: Callable | None = None,
+                      out_help: str = "checkpoint directory"):
+    """A training command: [--data], --preset, [inputs], the step counts, [options], --out and the common options.
+
+    ``data``: the --data choices (None: no --data); ``inputs``: required directories the run starts from
+    (option -> help); ``steps``: the step-count options (option -> what it counts; default ``--steps``,
+    training steps); ``options``: a function adding the command's own options before --out. Returns the parser,
+    for options after the common ones."""
+    cmd = commands.add_parser(name, help=help)
+    if data is not None:
+        cmd.add_argument("--data", choices=data, default=default)
     add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
+    for option, option_help in (inputs or {}).items():
+        cmd.add_argument(option, required=True, help=option_help)
+    for option, what in ({"--steps": "training steps"} if steps is None else steps).items():
+        cmd.add_argument(option, type=positive_int, help=f"{what} (default: the preset's)")
+    if options is not None:
+        options(cmd)
+    cmd.add_argument("--out", required=True, help=out_help)
     add_common(cmd)
     cmd.set_defaults(run=run)
     return cmd
 
 
-def add_sample_command(commands, run, *, help: str, n: int = 1000):
-    """The ``sample`` command: --ckpt, --n, --out (a .png) and the common options. Returns the parser."""
-    cmd = commands.add_parser("sample", help=help)
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    cmd.add_argument("--n", type=positive_int, default=n, help="number of samples")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
+def add_sample_command(commands, run, *, help: str, name: str = "sample", inputs: dict[str, str] | None = None,
+                       ckpt_help: str | None = "checkpoint directory written by train", options: Callable | None = None,
+                       n: int | None = 1000, n_help: str = "number of samples",
+                       out_help: str = "output picture (.png)"):
+    """A command that writes a picture: [inputs], --ckpt, [options], --n, --out (a .png) and the common options.
+
+    ``inputs``: required directories before --ckpt (option -> help); ``options``: a function adding the
+    command's own options after --ckpt; ``ckpt_help`` or ``n`` None: no --ckpt or --n (``options`` adds it where
+    the command wants it). Returns the parser, for options after the common ones."""
+    cmd = commands.add_parser(name, help=help)
+    for option, option_help in (inputs or {}).items():
+        cmd.add_argument(option, required=True, help=option_help)
+    if ckpt_help is not None:
+        cmd.add_argument("--ckpt", required=True, help=ckpt_help)
+    if options is not None:
+        options(cmd)
+    if n is not None:
+        cmd.add_argument("--n", type=positive_int, default=n, help=n_help)
+    cmd.add_argument("--out", required=True, type=png_path, help=out_help)
     add_common(cmd)
     cmd.set_defaults(run=run)
     return cmd

@@ -11,6 +11,11 @@ The first run of a train command whose quick model the site build also trains fo
 starts from the figure cache's checkpoint of that model (the same LINEAGE_CACHE as the session's site build;
 its file lock makes the test wait for the build's training, or train it for the build). The copy cannot hide a
 mismatch: resuming, refimpl.training.fit refuses a checkpoint whose recorded config differs from the command's.
+
+In quick mode a page's full-preset block mostly repeats its quick block: `--out runs/x-full` then holds the same
+quick run as `runs/x`. Such a directory is an alias of the first one, and a later command that, with aliases
+replaced by their first directory, is the very command line that already ran on the page (the name of its output
+picture aside) is the same computation on the same files and is not run again.
 """
 
 import fcntl
@@ -140,15 +145,50 @@ def run_train(argv: list[str], cwd: Path, page: Path, command: str, shared: Path
             os.rename(f"{done}.tmp", done)
 
 
+def unaliased(argv: list[str], aliases: dict[str, str]) -> tuple[str, ...]:
+    """The command line with every alias directory replaced by its first one and the output picture's name dropped."""
+    return tuple("<picture>" if argv[i - 1] == "--out" and arg.endswith(".png") else aliases.get(arg, arg)
+                 for i, arg in enumerate(argv))
+
+
+def plan(commands: list[str]) -> list[tuple[str, list[str], str]]:
+    """(command, quick argv, "train" | "run" | "repeat") for a page's commands, in order (see the module docstring)."""
+    first_out: dict[tuple[str, ...], str] = {}  # a train command line without its --out -> its first --out
+    aliases: dict[str, str] = {}
+    ran: set[tuple[str, ...]] = set()
+    steps = []
+    for command in commands:
+        argv = quick(shlex.split(command))
+        line = unaliased(argv, aliases)
+        if argv[4:5] and argv[4].startswith("train"):  # train, train-clip, ...
+            key = tuple(a for i, a in enumerate(line) if "--out" not in (a, line[i - 1]))
+            aliases[option(argv, "--out")] = first_out.setdefault(key, option(argv, "--out"))
+            steps.append((command, argv, "train"))
+        else:
+            steps.append((command, argv, "repeat" if line in ran else "run"))
+            ran.add(line)
+    return steps
+
+
+def test_a_full_block_repeats_only_what_quick_mode_makes_identical():
+    commands = ["python -m refimpl ddpm train --data digits --preset quick --out runs/a",
+                "python -m refimpl ddpm sample --ckpt runs/a --n 64 --out a.png",
+                "python -m refimpl ddpm train --data digits --preset full --out runs/a-full",
+                "python -m refimpl ddpm sample --ckpt runs/a-full --n 64 --out full.png",  # the same computation
+                "python -m refimpl ddpm sample --ckpt runs/a-full --n 16 --out full.png",  # another --n: runs
+                "python -m refimpl ddpm train --data swissroll --preset full --out runs/b-full",
+                "python -m refimpl ddpm sample --ckpt runs/b-full --n 64 --out b.png"]  # another model: runs
+    assert [kind for *_, kind in plan(commands)] == ["train", "run", "train", "repeat", "run", "train", "run"]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT / "docs")))
 def test_every_command_on_the_page_runs(page, tmp_path, shared_runs):
-    for command in page_commands(page):
-        argv = quick(shlex.split(command))
+    for command, argv, kind in plan(page_commands(page)):
         assert argv[:3] == ["python", "-m", "refimpl"], f"{page.name}: not a refimpl command: {command}"
-        if argv[4].startswith("train"):  # train, train-clip, ...: the shared-run logic applies to every trainer
+        if kind == "train":  # the shared-run logic applies to every trainer
             run_train(argv, tmp_path, page, command, shared_runs)
-        else:
+        elif kind == "run":
             run(argv, tmp_path, page, command)
-        picture = option(argv, "--out")
-        if argv[4:5] == ["sample"] and picture is not None:  # `gpt sample` prints text
-            assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG", command
+            picture = option(argv, "--out")
+            if argv[4:5] == ["sample"] and picture is not None:  # `gpt sample` prints text
+                assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG", command

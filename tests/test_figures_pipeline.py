@@ -8,7 +8,6 @@ finds the real package). Scripts append their name to ``ran.log`` so tests see w
 from __future__ import annotations
 
 import ast
-import json
 import os
 import signal
 import subprocess
@@ -465,8 +464,23 @@ def test_schedule_starts_the_longest_chains_first_and_never_two_on_one_model(tmp
                     "c": {"own_cpu": 50, "artifacts": []}, "d": {"own_cpu": 1, "artifacts": ["made"]}},
         "artifacts": {"slow": {"cpu": 100, "needs": ["base"]}, "base": {"cpu": 20, "needs": []},
                       "made": {"cpu": 500, "needs": []}}}, tmp_path / "timings.json")
-    entry = tmp_path / "artifacts" / "made" / "k"
-    entry.mkdir(parents=True)
-    (entry / builder.MANIFEST).write_text(json.dumps({"key": "k", "files": {}}))
-    assert timings.order(["a", "b", "c", "d"], tmp_path) == ["b", "c", "a", "d"]
+    assert timings.order(["a", "b", "c", "d"], made=lambda artifact: artifact == "made") == ["b", "c", "a", "d"]
     assert timings.critical_path() == (501, ["made", "d"])
+
+
+def test_a_model_counts_as_made_only_under_the_key_of_todays_sources(fake: Path, tmp_path: Path):
+    """Scheduling and the "models to come" of the progress lines ask Timings.key for an artifact's key under
+    the current sources (from the modules and config an earlier build recorded): an edit of a module the model
+    is made from means the model is to come, though an entry of its old key is still in the cache."""
+    cache, packages = tmp_path / "cache", ("pkg",)
+    builder.ARTIFACT_TIMES.clear()
+    cached("toy", ["pkg.c"], lambda d: (d / "w.txt").write_text("w"), preset="quick", config={"n": 1}, root=fake,
+           cache_dir=cache, packages=packages)
+    timings = builder.Timings({}, tmp_path / "timings.json")
+    assert builder._made(cache, "toy", timings.key("toy", "quick", fake, packages))  # no record: any entry counts
+    timings.record("fig", 1.0, {"cpu": 1.0, "artifacts": list(builder.ARTIFACT_TIMES)})
+    builder.ARTIFACT_TIMES.clear()
+    assert builder._made(cache, "toy", timings.key("toy", "quick", fake, packages))
+    write(fake / "pkg" / "a.py", "VALUE = 3\n")  # imported by pkg.c
+    assert not builder._made(cache, "toy", timings.key("toy", "quick", fake, packages))
+    assert builder._made(cache, "toy", None)  # the old entry is still there

@@ -320,6 +320,28 @@ def test_bits_per_dim_noise_does_not_depend_on_batching(c64):
         bits_per_dim(model, x0, s, variance="learned", disable=True)  # an eps-only model has no v
 
 
+def test_the_likelihood_figure_shares_one_network_pass_between_the_fixed_variances():
+    # figures' iddpm_likelihood runs the DDPM once for its fixed_small and fixed_large rows: the same digits and
+    # noise give the same (x_t, t) calls, so the replayed bound equals a direct one exactly; other inputs are refused.
+    from figures.builder import load_script
+
+    replay_class = load_script("iddpm_likelihood").Replay
+    x0, *_rest, mixture = _discrete_data(40)
+    s = Schedule(cosine_betas(50, dtype=F64))
+    model = eps_model(mixture, s)
+    shared = replay_class(model)
+    bits_per_dim(shared, x0, s, variance="fixed_small", generator=_gen(3), disable=True)
+    shared.replay()
+    replayed = bits_per_dim(shared, x0, s, variance="fixed_large", generator=_gen(3), disable=True)
+    direct = bits_per_dim(model, x0, s, variance="fixed_large", generator=_gen(3), disable=True)
+    assert torch.equal(replayed.total, direct.total)
+    shared = replay_class(model)
+    bits_per_dim(shared, x0, s, variance="fixed_small", generator=_gen(3), disable=True)
+    shared.replay()
+    with pytest.raises(RuntimeError, match="other inputs"):
+        bits_per_dim(shared, x0, s, variance="fixed_large", generator=_gen(4), disable=True)
+
+
 # ---------------------------------------------------------------- Eq. (16): L_hybrid and its stop-gradient
 
 def test_hybrid_loss_stop_gradient_and_draws(c64):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from refimpl import bert
 from refimpl.bert import PLACEHOLDER
-from refimpl.cli import add_common, add_preset, positive_int
+from refimpl.cli import add_common, add_train_command, positive_int
 from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl bert train|fill``."""
-    cmd = commands.add_parser("train", help="masked-LM pre-training on the notes; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train, help="masked-LM pre-training on the notes; reruns resume")
 
     cmd = commands.add_parser("fill", help=f"predict each {PLACEHOLDER} in a text (top-k characters)")
     cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")

@@ -5,21 +5,18 @@ from __future__ import annotations
 import torch
 
 from refimpl import cfg
-from refimpl.cli import add_common, add_preset, add_sample_command, digit, positive_int
+from refimpl.cli import add_sample_command, add_train_command, digit, positive_int
 from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl cfg train|sample``."""
-    train_cmd = commands.add_parser("train", help="train one network as a conditional and an unconditional "
-                                                  "model on digits (Algorithm 1); reruns resume")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--p-uncond", type=float, default=cfg.P_UNCOND,
-                           help=f"probability of dropping the label (default {cfg.P_UNCOND})")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
+    def p_uncond(cmd):
+        cmd.add_argument("--p-uncond", type=float, default=cfg.P_UNCOND,
+                         help=f"probability of dropping the label (default {cfg.P_UNCOND})")
+
+    add_train_command(commands, _run_train, help="train one network as a conditional and an unconditional "
+                                                 "model on digits (Algorithm 1); reruns resume", options=p_uncond)
 
     sample_cmd = add_sample_command(commands, _run_sample, help="sample guided digits of one class into a PNG", n=64)
     sample_cmd.add_argument("--label", type=digit, default=0, help="the digit to draw, 0-9 (default 0)")

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from refimpl import clip
 from refimpl.captions import TEMPLATE_SETS
-from refimpl.cli import add_common, add_preset, positive_int
+from refimpl.cli import add_train_command
 from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl clip train|zero-shot|similarity``."""
-    cmd = commands.add_parser("train", help="contrastive pre-training on captioned digits; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train, help="contrastive pre-training on captioned digits; reruns resume")
     for name, run, what in (("zero-shot", _run_zero_shot, "zero-shot accuracy on the 297 held-out digits"),
                             ("similarity", _run_similarity, "cosine similarity of one held-out image per digit "
                                                             "with each digit's prompts")):

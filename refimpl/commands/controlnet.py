@@ -6,31 +6,27 @@ import torch
 
 from refimpl import controlnet
 from refimpl.captions import tokenize
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
+from refimpl.cli import add_sample_command, add_train_command, nonnegative_float
 from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl controlnet train|sample``."""
-    cmd = commands.add_parser("train", help="train a ControlNet (edge maps) on a locked LDM; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--base", required=True, help="LDM run directory written by `ldm train`")
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory (ControlNet weights only)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train, help="train a ControlNet (edge maps) on a locked LDM; reruns resume",
+                      inputs={"--base": "LDM run directory written by `ldm train`"},
+                      out_help="checkpoint directory (ControlNet weights only)")
 
-    cmd = commands.add_parser("sample", help="digits following the edge maps of held-out digits, into a PNG")
-    cmd.add_argument("--base", required=True, help="the LDM run the ControlNet was trained on")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by `controlnet train`")
-    cmd.add_argument("--caption", default="", help='caption (default: empty, the control map alone)')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
-    cmd.add_argument("--conditioning-scale", type=nonnegative_float, default=1.0,
-                     help="weight of the ControlNet residuals (default 1; 0 = the base model)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples (one per held-out edge map)")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png): maps above samples")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--caption", default="", help='caption (default: empty, the control map alone)')
+        cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
+        cmd.add_argument("--conditioning-scale", type=nonnegative_float, default=1.0,
+                         help="weight of the ControlNet residuals (default 1; 0 = the base model)")
+
+    add_sample_command(commands, _run_sample, help="digits following the edge maps of held-out digits, into a PNG",
+                       inputs={"--base": "the LDM run the ControlNet was trained on"},
+                       ckpt_help="checkpoint directory written by `controlnet train`", options=sample_options,
+                       n=16, n_help="number of samples (one per held-out edge map)",
+                       out_help="output picture (.png): maps above samples")
 
 
 def _run_train(args) -> int:

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from refimpl import ddim, schedules
-from refimpl.cli import add_common, png_path, positive_int
+from refimpl.cli import add_sample_command, positive_int
 from refimpl.core import pick_device
 
 
@@ -22,17 +22,15 @@ def _non_negative_float(text: str) -> float:
 
 def add_commands(commands) -> None:
     """``python -m refimpl ddim sample``: DDIM sampling of a checkpoint written by ``ddpm train``."""
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM with DDIM (Eq. 12) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by 'ddpm train'")
-    sample_cmd.add_argument("--steps", type=positive_int, default=50, help="sampling steps S = len(tau) (default 50)")
-    sample_cmd.add_argument("--eta", type=_non_negative_float, default=0.0,
-                            help="noise scale eta >= 0 of Eq. (16): 0 = deterministic DDIM, 1 = DDPM-like (default 0)")
-    sample_cmd.add_argument("--spacing", choices=schedules.SPACINGS, default="uniform",
-                            help="sub-sequence tau: floor(c i) or floor(c i^2) (Appendix D.2; default uniform)")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--steps", type=positive_int, default=50, help="sampling steps S = len(tau) (default 50)")
+        cmd.add_argument("--eta", type=_non_negative_float, default=0.0,
+                         help="noise scale eta >= 0 of Eq. (16): 0 = deterministic DDIM, 1 = DDPM-like (default 0)")
+        cmd.add_argument("--spacing", choices=schedules.SPACINGS, default="uniform",
+                         help="sub-sequence tau: floor(c i) or floor(c i^2) (Appendix D.2; default uniform)")
+
+    add_sample_command(commands, _run_sample, help="sample a trained DDPM with DDIM (Eq. 12) into a PNG",
+                       ckpt_help="checkpoint directory written by 'ddpm train'", options=sample_options)
 
 
 def _run_sample(args) -> int:

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 from refimpl import ddpm
-from refimpl.cli import add_common, add_preset, png_path, positive_int
+from refimpl.cli import add_sample_command, add_train_command, positive_int
 from refimpl.core import pick_device
 from refimpl.data import DATASETS
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl ddpm train|sample``."""
-    train_cmd = commands.add_parser("train", help="train a DDPM (Algorithm 1); reruns resume")
-    train_cmd.add_argument("--data", choices=DATASETS, default="swissroll")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
-                           help="beta schedule (DDPM: linear)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
+    def schedule(cmd):
+        cmd.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
+                         help="beta schedule (DDPM: linear)")
 
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM (Algorithm 2) into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--variance", choices=ddpm.VARIANCES, default="fixed_small",
-                            help="sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large)")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
+    def n_and_variance(cmd):  # --n comes before --variance
+        cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
+        cmd.add_argument("--variance", choices=ddpm.VARIANCES, default="fixed_small",
+                         help="sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large)")
+
+    add_train_command(commands, _run_train, help="train a DDPM (Algorithm 1); reruns resume", data=DATASETS,
+                      options=schedule)
+    add_sample_command(commands, _run_sample, help="sample a trained DDPM (Algorithm 2) into a PNG",
+                       options=n_and_variance, n=None)
 
 
 def _run_train(args) -> int:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from refimpl import dreambooth, personalization
 from refimpl.cli import (
-    add_common,
-    add_preset,
+    add_sample_command,
+    add_train_command,
     nonnegative_float,
-    png_path,
     positive_int,
 )
 from refimpl.core import pick_device
@@ -24,24 +23,17 @@ def add_commands(commands) -> None:
 def add_train_sample(commands, run_train, name: str, help: str, example: str):
     """The train and sample commands both fine-tuning methods have (``name``: the checkpoint's model name).
     Returns the train parser, for a method's own options."""
-    train_parser = commands.add_parser("train", help=help + "; reruns resume")
-    add_preset(train_parser)
-    train_parser.add_argument("--base", required=True, help="the base LDM run directory (python -m refimpl ldm train)")
-    train_parser.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
-    train_parser.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_parser)
-    train_parser.set_defaults(run=run_train)
+    def sample_options(cmd):
+        cmd.add_argument("--caption", required=True, help=f'e.g. "{example}"')
+        cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; 1 = no guidance)")
+        cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
 
-    cmd = commands.add_parser("sample", help="sample digits for a caption that may use the new word, into a PNG")
-    cmd.add_argument("--base", required=True, help="the base LDM run directory")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    cmd.add_argument("--caption", required=True, help=f'e.g. "{example}"')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; 1 = no guidance)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=lambda args: run_sample(args, name))
+    train_parser = add_train_command(commands, run_train, help=help + "; reruns resume",
+                                     inputs={"--base": "the base LDM run directory (python -m refimpl ldm train)"},
+                                     steps={"--steps": "fine-tuning steps"})
+    add_sample_command(commands, lambda args: run_sample(args, name),
+                       help="sample digits for a caption that may use the new word, into a PNG",
+                       inputs={"--base": "the base LDM run directory"}, options=sample_options, n=16)
     return train_parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from refimpl import glide
 from refimpl.captions import tokenize
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
+from refimpl.cli import add_sample_command, add_train_command, nonnegative_float, positive_int
 from refimpl.core import LineageError, pick_device
 
 
@@ -12,25 +12,21 @@ def add_commands(commands) -> None:
     """``python -m refimpl glide train|train-clip|sample``."""
     for name, run, what in (("train", _run_train, "the text-conditional diffusion model (20%% empty captions)"),
                             ("train-clip", _run_train, "a noised CLIP model for CLIP guidance")):
-        cmd = commands.add_parser(name, help=f"train {what}; reruns resume")
-        add_preset(cmd)
-        cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-        cmd.add_argument("--out", required=True, help="checkpoint directory")
-        add_common(cmd)
-        cmd.set_defaults(run=run, kind="glide" if name == "train" else "glide-clip")
+        cmd = add_train_command(commands, run, name=name, help=f"train {what}; reruns resume")
+        cmd.set_defaults(kind="glide" if name == "train" else "glide-clip")
 
-    cmd = commands.add_parser("sample", help="sample digits for a caption with CFG or CLIP guidance into a PNG")
-    cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
-    cmd.add_argument("--guidance", choices=glide.GUIDANCE, default="cfg")
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; cfg: 1 = no guidance)")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
-    cmd.add_argument("--clip", help="noised CLIP checkpoint written by train-clip (for --guidance clip)")
-    cmd.add_argument("--sampler", choices=glide.SAMPLERS, default="ddim", help="ddim (eta 0) or ddpm (ancestral)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
+        cmd.add_argument("--guidance", choices=glide.GUIDANCE, default="cfg")
+        cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0,
+                         help="s (default 3; cfg: 1 = no guidance)")
+        cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")
+        cmd.add_argument("--clip", help="noised CLIP checkpoint written by train-clip (for --guidance clip)")
+        cmd.add_argument("--sampler", choices=glide.SAMPLERS, default="ddim", help="ddim (eta 0) or ddpm (ancestral)")
+        cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
+
+    add_sample_command(commands, _run_sample, help="sample digits for a caption with CFG or CLIP guidance into a PNG",
+                       ckpt_help=None, options=sample_options, n=16)  # --ckpt after the caption and guidance
 
 
 def _run_train(args) -> int:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import torch
 
 from refimpl import gpt
-from refimpl.cli import add_common, add_preset, positive_float, positive_int
+from refimpl.cli import add_common, add_train_command, positive_float, positive_int
 from refimpl.core import LineageError, pick_device
 from refimpl.text import unigram_nll
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl gpt train|sample``."""
-    cmd = commands.add_parser("train", help="train a character-level GPT on the repository's notes; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train, help="train a character-level GPT on the repository's notes; reruns resume")
 
     cmd = commands.add_parser("sample", help="continue a prompt with temperature / top-k sampling")
     cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from refimpl import iddpm
-from refimpl.cli import add_common, add_preset, png_path, positive_int
+from refimpl.cli import add_common, add_sample_command, add_train_command, positive_int
 from refimpl.core import pick_device
 from refimpl.data import DATASETS
 from refimpl.schedules import SPACINGS
@@ -11,27 +11,21 @@ from refimpl.schedules import SPACINGS
 
 def add_commands(commands) -> None:
     """``python -m refimpl iddpm train|sample|nll``."""
-    train_cmd = commands.add_parser("train", help="train an improved DDPM (L_hybrid, Eq. 16); reruns resume")
-    train_cmd.add_argument("--data", choices=DATASETS, default="digits")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--schedule", choices=("linear", "cosine"), default="cosine",
-                           help="beta schedule (improved DDPM: cosine, Eq. 17)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
+    def schedule(cmd):
+        cmd.add_argument("--schedule", choices=("linear", "cosine"), default="cosine",
+                         help="beta schedule (improved DDPM: cosine, Eq. 17)")
 
-    sample_cmd = commands.add_parser("sample", help="sample an iDDPM (or DDPM) checkpoint, strided (Sec. 4), to PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory of 'iddpm train' or 'ddpm train'")
-    sample_cmd.add_argument("--steps", type=positive_int, help="sampling steps (default: all T)")
-    sample_cmd.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                            help="sub-sequence of timesteps (default uniform)")
-    sample_cmd.add_argument("--variance", choices=iddpm.VARIANCES,
-                            help="reverse variance (default: learned for iDDPM, fixed_small for DDPM)")
-    sample_cmd.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--steps", type=positive_int, help="sampling steps (default: all T)")
+        cmd.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                         help="sub-sequence of timesteps (default uniform)")
+        cmd.add_argument("--variance", choices=iddpm.VARIANCES,
+                         help="reverse variance (default: learned for iDDPM, fixed_small for DDPM)")
+
+    add_train_command(commands, _run_train, help="train an improved DDPM (L_hybrid, Eq. 16); reruns resume",
+                      data=DATASETS, default="digits", options=schedule)
+    add_sample_command(commands, _run_sample, help="sample an iDDPM (or DDPM) checkpoint, strided (Sec. 4), to PNG",
+                       ckpt_help="checkpoint directory of 'iddpm train' or 'ddpm train'", options=sample_options)
 
     nll_cmd = commands.add_parser("nll", help="bits/dim (the full variational bound, Eqs. 4-7) on held-out digits")
     nll_cmd.add_argument("--ckpt", required=True, help="a digits checkpoint written by 'iddpm train' or 'ddpm train'")

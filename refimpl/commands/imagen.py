@@ -5,35 +5,32 @@ from __future__ import annotations
 import torch
 
 from refimpl import imagen
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
+from refimpl.cli import add_sample_command, add_train_command, nonnegative_float
 from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl imagen train|sample``."""
-    cmd = commands.add_parser("train", help="train the base model and the 8x8 -> 16x16 super-resolution model on "
-                                            "frozen T5 caption embeddings; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--t5", required=True, help="checkpoint of 'python -m refimpl t5 train' (the frozen encoder)")
-    cmd.add_argument("--base-steps", type=positive_int, help="base model steps (default: the preset's)")
-    cmd.add_argument("--sr-steps", type=positive_int, help="super-resolution steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (base/ and sr/ checkpoints)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train, help="train the base model and the 8x8 -> 16x16 super-resolution model "
+                                                 "on frozen T5 caption embeddings; reruns resume",
+                      inputs={"--t5": "checkpoint of 'python -m refimpl t5 train' (the frozen encoder)"},
+                      steps={"--base-steps": "base model steps", "--sr-steps": "super-resolution steps"},
+                      out_help="run directory (base/ and sr/ checkpoints)")
 
-    cmd = commands.add_parser("sample", help="sample 8x8 digits for a caption and super-resolve them to 16x16 (PNG)")
-    cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-    cmd.add_argument("--t5", required=True, help="the T5 checkpoint the run was trained with")
-    cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
-    cmd.add_argument("--guidance", type=nonnegative_float, default=5.0, help="w of Eq. 2 (default 5; 1 = none)")
-    cmd.add_argument("--thresholding", choices=imagen.THRESHOLDS, default="dynamic",
-                     help="x_0 thresholding (default dynamic)")
-    cmd.add_argument("--aug-level", type=nonnegative_float, default=imagen.AUG_SAMPLE,
-                     help=f"noise conditioning aug level of the SR stage, in [0, 1] (default {imagen.AUG_SAMPLE})")
-    cmd.add_argument("--n", type=positive_int, default=8, help="number of samples (default 8)")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png): 8x8 row over 16x16 row")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--t5", required=True, help="the T5 checkpoint the run was trained with")
+        cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
+        cmd.add_argument("--guidance", type=nonnegative_float, default=5.0, help="w of Eq. 2 (default 5; 1 = none)")
+        cmd.add_argument("--thresholding", choices=imagen.THRESHOLDS, default="dynamic",
+                         help="x_0 thresholding (default dynamic)")
+        cmd.add_argument("--aug-level", type=nonnegative_float, default=imagen.AUG_SAMPLE,
+                         help=f"noise conditioning aug level of the SR stage, in [0, 1] (default {imagen.AUG_SAMPLE})")
+
+    add_sample_command(commands, _run_sample,
+                       help="sample 8x8 digits for a caption and super-resolve them to 16x16 (PNG)",
+                       ckpt_help="run directory written by train", options=sample_options,
+                       n=8, n_help="number of samples (default 8)",
+                       out_help="output picture (.png): 8x8 row over 16x16 row")
 
 
 def _run_train(args) -> int:

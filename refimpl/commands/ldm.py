@@ -4,29 +4,24 @@ from __future__ import annotations
 
 from refimpl import ldm
 from refimpl.captions import tokenize
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
+from refimpl.cli import add_common, add_sample_command, add_train_command, nonnegative_float, positive_int
 from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl ldm train|sample|anatomy``."""
-    cmd = commands.add_parser("train", help="train the autoencoder, then the latent diffusion model; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--ae-steps", type=positive_int, help="autoencoder steps (default: the preset's)")
-    cmd.add_argument("--steps", type=positive_int, help="latent diffusion steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (autoencoder/ and diffusion/ checkpoints)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train,
+                      help="train the autoencoder, then the latent diffusion model; reruns resume",
+                      steps={"--ae-steps": "autoencoder steps", "--steps": "latent diffusion steps"},
+                      out_help="run directory (autoencoder/ and diffusion/ checkpoints)")
 
-    cmd = commands.add_parser("sample", help="sample digits for a caption (DDIM in latent space, CFG) into a PNG")
-    cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-    cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; 1 = no guidance)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
+        cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="s (default 3; 1 = no guidance)")
+        cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
+
+    add_sample_command(commands, _run_sample, help="sample digits for a caption (DDIM in latent space, CFG) into a PNG",
+                       ckpt_help="run directory written by train", options=sample_options, n=16)
 
     cmd = commands.add_parser("anatomy", help="print the tensor shapes through Stable Diffusion and through our LDM")
     cmd.add_argument("--ckpt", help="run directory written by train (default: random weights)")

@@ -6,42 +6,36 @@ import torch
 
 from refimpl import lora
 from refimpl.captions import tokenize
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_float, positive_int
+from refimpl.cli import add_sample_command, add_train_command, nonnegative_float, positive_float, positive_int
 from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl lora train|sample|train-gpt``."""
-    def fine_tune_options(cmd, base_help):
-        add_preset(cmd)
-        cmd.add_argument("--base", required=True, help=base_help)
+    def fine_tune_options(cmd):  # --steps comes after the LoRA options
         cmd.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (the comparison)")
         cmd.add_argument("--rank", type=positive_int, help="LoRA rank r (default: the preset's)")
         cmd.add_argument("--alpha", type=positive_float, help="LoRA alpha; the update is scaled by alpha / r (default r)")
         cmd.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
-        cmd.add_argument("--out", required=True, help="checkpoint directory")
-        add_common(cmd)
 
-    cmd = commands.add_parser("train", help="teach the LDM a slanted writer with LoRA (or --full); reruns resume")
-    fine_tune_options(cmd, "LDM run directory written by `ldm train`")
-    cmd.set_defaults(run=_run_train)
+    def sample_options(cmd):  # --n comes before --merge
+        cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
+        cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
+        cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
+        cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
+        cmd.add_argument("--merge", action="store_true", help="merge W0 + (alpha/r) B A before sampling")
 
-    cmd = commands.add_parser("sample", help="sample captioned digits from the fine-tuned LDM into a PNG")
-    cmd.add_argument("--base", required=True, help="the LDM run the fine-tune started from")
-    cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by `lora train`")
-    cmd.add_argument("--caption", required=True, help='e.g. "the digit three"')
-    cmd.add_argument("--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale (default 3)")
-    cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    cmd.add_argument("--merge", action="store_true", help="merge W0 + (alpha/r) B A before sampling")
-    cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_sample)
-
-    cmd = commands.add_parser("train-gpt", help="adapt the GPT to Python source with LoRA (or --full); prints "
-                                                "held-out loss before and after")
-    fine_tune_options(cmd, "GPT checkpoint directory written by `gpt train`")
-    cmd.set_defaults(run=_run_train_gpt)
+    add_train_command(commands, _run_train, help="teach the LDM a slanted writer with LoRA (or --full); reruns resume",
+                      inputs={"--base": "LDM run directory written by `ldm train`"}, steps={},
+                      options=fine_tune_options)
+    add_sample_command(commands, _run_sample, help="sample captioned digits from the fine-tuned LDM into a PNG",
+                       inputs={"--base": "the LDM run the fine-tune started from"},
+                       ckpt_help="checkpoint directory written by `lora train`", options=sample_options, n=None)
+    add_train_command(commands, _run_train_gpt, name="train-gpt",
+                      help="adapt the GPT to Python source with LoRA (or --full); prints "
+                           "held-out loss before and after",
+                      inputs={"--base": "GPT checkpoint directory written by `gpt train`"}, steps={},
+                      options=fine_tune_options)
 
 
 def _method(args) -> dict:

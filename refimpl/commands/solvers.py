@@ -5,24 +5,23 @@ from __future__ import annotations
 import argparse
 
 from refimpl import solvers
-from refimpl.cli import add_common, png_path, positive_int
+from refimpl.cli import add_sample_command, positive_int
 from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl solvers sample``: DDIM, DPM-Solver++(2M) or EDM Heun on a ``ddpm train`` checkpoint."""
-    sample_cmd = commands.add_parser("sample", help="sample a trained DDPM with a fast ODE solver into a PNG")
-    sample_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by 'ddpm train'")
-    sample_cmd.add_argument("--sampler", choices=tuple(solvers.SAMPLERS), default="dpmpp-2m",
-                            help="ddim (eta = 0), dpmpp-2m (DPM-Solver++ Algorithm 2) or heun (EDM Algorithm 1); "
-                                 "default dpmpp-2m")
-    sample_cmd.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default 20)")
-    sample_cmd.add_argument("--spacing", choices=solvers.SPACINGS, default=None,
-                            help="timestep sub-sequence (default: uniform for ddim, karras for dpmpp-2m and heun)")
-    sample_cmd.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    sample_cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-    add_common(sample_cmd)
-    sample_cmd.set_defaults(run=_run_sample)
+    def sample_options(cmd):
+        cmd.add_argument("--sampler", choices=tuple(solvers.SAMPLERS), default="dpmpp-2m",
+                         help="ddim (eta = 0), dpmpp-2m (DPM-Solver++ Algorithm 2) or heun (EDM Algorithm 1); "
+                              "default dpmpp-2m")
+        cmd.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default 20)")
+        cmd.add_argument("--spacing", choices=solvers.SPACINGS, default=None,
+                         help="timestep sub-sequence (default: uniform for ddim, karras for dpmpp-2m and heun)")
+
+    add_sample_command(commands, _run_sample, help="sample a trained DDPM with a fast ODE solver into a PNG",
+                       ckpt_help="checkpoint directory written by 'ddpm train'", options=sample_options,
+                       n=64, n_help="number of samples (default 64)")
 
 
 def _run_sample(args: argparse.Namespace) -> int:

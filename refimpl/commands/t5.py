@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from refimpl import t5
-from refimpl.cli import add_common, add_preset, positive_int
+from refimpl.cli import add_common, add_train_command, positive_int
 from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl t5 train|fill``."""
-    train_cmd = commands.add_parser("train", help="pre-train a small T5 with span corruption on the notes; reruns resume")
-    add_preset(train_cmd)
-    train_cmd.add_argument("--steps", type=positive_int, help="training steps (default: the preset's)")
-    train_cmd.add_argument("--out", required=True, help="checkpoint directory")
-    add_common(train_cmd)
-    train_cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train,
+                      help="pre-train a small T5 with span corruption on the notes; reruns resume")
 
     fill_cmd = commands.add_parser("fill", help="fill the spans marked <> in a text (greedy decoding)")
     fill_cmd.add_argument("--ckpt", required=True, help="checkpoint directory written by train")

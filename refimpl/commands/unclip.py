@@ -5,41 +5,40 @@ from __future__ import annotations
 import torch
 
 from refimpl import unclip
-from refimpl.cli import add_common, add_preset, nonnegative_float, png_path, positive_int
+from refimpl.cli import add_sample_command, add_train_command, nonnegative_float, positive_int
 from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
     """``python -m refimpl unclip train|sample|variations``."""
-    cmd = commands.add_parser("train", help="train the diffusion prior and the decoder on a frozen CLIP; reruns resume")
-    add_preset(cmd)
-    cmd.add_argument("--clip", required=True, help="CLIP checkpoint directory (python -m refimpl clip train --out)")
-    cmd.add_argument("--steps", type=positive_int, help="decoder training steps (default: the preset's)")
-    cmd.add_argument("--prior-steps", type=positive_int, help="prior training steps (default: the preset's)")
-    cmd.add_argument("--out", required=True, help="run directory (clip/, prior/, decoder/)")
-    add_common(cmd)
-    cmd.set_defaults(run=_run_train)
+    add_train_command(commands, _run_train,
+                      help="train the diffusion prior and the decoder on a frozen CLIP; reruns resume",
+                      inputs={"--clip": "CLIP checkpoint directory (python -m refimpl clip train --out)"},
+                      steps={"--steps": "decoder training steps", "--prior-steps": "prior training steps"},
+                      out_help="run directory (clip/, prior/, decoder/)")
 
-    for name, run, what in (("sample", _run_sample, "text to image: caption -> prior -> decoder, into a PNG"),
-                            ("variations", _run_variations, "variations of one held-out digit (first tile: the "
-                                                            "input), into a PNG")):
-        cmd = commands.add_parser(name, help=what)
-        cmd.add_argument("--ckpt", required=True, help="run directory written by train")
-        if run is _run_sample:
-            cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
-            cmd.add_argument("--prior-scale", type=nonnegative_float, default=1.0,
-                             help="prior guidance scale (default 1: no guidance)")
-        else:
-            cmd.add_argument("--index", type=int, default=0, help="which held-out digit (0-based, default 0)")
-            cmd.add_argument("--eta", type=nonnegative_float, default=1.0,
-                             help="DDIM eta from the inverted x_T (default 1; 0 reconstructs the input)")
+    def decoder_options(cmd):
         cmd.add_argument("--decoder-scale", type=nonnegative_float, default=3.0,
                          help="decoder guidance scale (default 3; 1 = no guidance)")
         cmd.add_argument("--steps", type=positive_int, default=50, help="DDIM steps per stage (default 50)")
-        cmd.add_argument("--n", type=positive_int, default=16, help="number of samples")
-        cmd.add_argument("--out", required=True, type=png_path, help="output picture (.png)")
-        add_common(cmd)
-        cmd.set_defaults(run=run)
+
+    def text_options(cmd):
+        cmd.add_argument("--caption", required=True, help='e.g. "the number three" or "数字三"')
+        cmd.add_argument("--prior-scale", type=nonnegative_float, default=1.0,
+                         help="prior guidance scale (default 1: no guidance)")
+        decoder_options(cmd)
+
+    def variation_options(cmd):
+        cmd.add_argument("--index", type=int, default=0, help="which held-out digit (0-based, default 0)")
+        cmd.add_argument("--eta", type=nonnegative_float, default=1.0,
+                         help="DDIM eta from the inverted x_T (default 1; 0 reconstructs the input)")
+        decoder_options(cmd)
+
+    add_sample_command(commands, _run_sample, help="text to image: caption -> prior -> decoder, into a PNG",
+                       ckpt_help="run directory written by train", options=text_options, n=16)
+    add_sample_command(commands, _run_variations, name="variations",
+                       help="variations of one held-out digit (first tile: the input), into a PNG",
+                       ckpt_help="run directory written by train", options=variation_options, n=16)
 
 
 def _run_train(args) -> int:

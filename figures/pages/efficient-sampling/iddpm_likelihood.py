@@ -2,7 +2,11 @@
 
 Draws iddpm_vlb_terms.svg and iddpm_variance.svg and writes the improved-DDPM page's likelihood table
 (iddpm_nll.md/.json): DDPM (linear schedule, L_simple) with fixed_small and fixed_large variances, and
-the iDDPM (cosine schedule, L_hybrid) with its learned variance, on the same 297 digits and noise.
+the iDDPM (cosine schedule, L_hybrid) with its learned variance, on the same digits and noise.
+
+The DDPM's two rows differ only in the variance the bound assumes: with the same digits and the same noise
+(the seed of refimpl.iddpm.nll_from_checkpoint) both bounds call the network on the same (x_t, t), so the
+network runs once per call and its output is replayed to the second bound (:class:`Replay` checks the inputs).
 """
 
 import json
@@ -13,20 +17,54 @@ import torch
 from figures.zoo.ddpm import ddpm_checkpoint
 from figures.zoo.iddpm import iddpm_checkpoint
 from refimpl.core import pick_device
-from refimpl.data import digits
-from refimpl.schedules import q_sample
-from refimpl.digits_eval import HOLDOUT
-from refimpl.iddpm import load_for_sampling, nll_from_checkpoint, split_output
+from refimpl import ddpm
+from refimpl.data import held_out_digits
+from refimpl.iddpm import BIN_WIDTH, bits_per_dim, load_for_sampling, nll_from_checkpoint, split_output
 from refimpl.plots import save, subplots
-from refimpl.schedules import make_schedule
+from refimpl.schedules import make_schedule, q_sample
 
 PAGE = "efficient-sampling/iddpm.md"
 OUTPUTS = ("iddpm_vlb_terms.svg", "iddpm_variance.svg", "iddpm_nll.md", "iddpm_nll.json")
 RUNS = (("DDPM（线性）, fixed_small", "ddpm", "fixed_small"), ("DDPM（线性）, fixed_large", "ddpm", "fixed_large"),
         ("iDDPM（线性）, learned", "iddpm-linear", "learned"), ("iDDPM（余弦）, learned", "iddpm", "learned"))
+SEED = 0  # refimpl.iddpm.nll_from_checkpoint's default: the rows match `python -m refimpl iddpm nll`
 N_NLL = 128  # of the 297 digits: standard errors ~0.03 bits/dim, well below the differences between rows
 LEGEND = {label: label.replace("（线性）", " (linear)").replace("（余弦）", " (cosine)") for label, *_ in RUNS}
 FRAC_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 999)  # denser where beta and beta_tilde differ
+
+
+class Replay:
+    """A model whose first pass over a sequence of calls runs the network and records each output; ``replay()``
+    then answers the same sequence of calls from the record, refusing a call whose inputs differ."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.replaying = model, [], False
+
+    def replay(self) -> None:
+        self.replaying, self.calls = True, iter(self.calls)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not self.replaying:
+            self.calls.append((x_t, t, self.model(x_t, t)))
+            return self.calls[-1][2]
+        x_seen, t_seen, output = next(self.calls)
+        if not (torch.equal(x_t, x_seen) and torch.equal(t, t_seen)):
+            raise RuntimeError("the second bound called the network on other inputs than the first")
+        return output
+
+
+@torch.no_grad()
+def ddpm_bounds(ckpt: Path, device) -> dict[str, object]:
+    """bits_per_dim of the DDPM with fixed_small and with fixed_large, as nll_from_checkpoint computes each, from
+    one run of the network."""
+    model, schedule, _ = ddpm.load_for_sampling(ckpt, device)
+    x0 = held_out_digits()[0][:N_NLL].to(device)
+    shared, results = Replay(model), {}
+    for variance in ("fixed_small", "fixed_large"):
+        results[variance] = bits_per_dim(shared, x0, schedule, variance=variance, bin_width=BIN_WIDTH,
+                                         generator=torch.Generator().manual_seed(SEED), disable=True)
+        shared.replay()
+    return results
 
 
 @torch.no_grad()
@@ -34,7 +72,7 @@ def learned_fraction(ckpt: Path, device) -> dict[int, list[float]]:
     """The iDDPM's interpolation frac = (v + 1) / 2 (Eq. 15; 1 = beta_t, 0 = beta_tilde_t) at each t in
     FRAC_STEPS, over the 297 digits and their pixels: [10th percentile, mean, 90th percentile]."""
     model, schedule, _ = load_for_sampling(ckpt, device)
-    x0 = digits()[0][-HOLDOUT:].to(device)
+    x0 = held_out_digits()[0].to(device)
     generator = torch.Generator().manual_seed(1)
     out = {}
     for t in FRAC_STEPS:
@@ -49,7 +87,9 @@ def make(out: Path, preset: str) -> None:
     device = pick_device()
     ckpts = {"ddpm": ddpm_checkpoint("digits", preset), "iddpm": iddpm_checkpoint("digits", preset),
              "iddpm-linear": iddpm_checkpoint("digits", preset, schedule="linear")}
-    results = {label: nll_from_checkpoint(ckpts[kind], N_NLL, variance=variance, device=device, disable=True)[0]
+    fixed = ddpm_bounds(ckpts["ddpm"], device)
+    results = {label: fixed[variance] if kind == "ddpm" else
+               nll_from_checkpoint(ckpts[kind], N_NLL, variance=variance, seed=SEED, device=device, disable=True)[0]
                for label, kind, variance in RUNS}
 
     fig, ax = subplots(figsize=(6.5, 3.8))

@@ -1,6 +1,10 @@
 """Strided sampling (improved DDPM Sec. 4): the same x_T with 25, 50, 100 and 1000 respaced steps, learned
 variance (iDDPM) against DDPM's fixed variances. Draws iddpm_strided.png; writes iddpm_strided.md/.json
 (digits classifier score of 256 samples for every model and step count).
+
+DDPM with fixed_small at all 1000 steps is Algorithm 2 itself, drawn from the same seed (so the same x_T):
+that cell reads the DDPM sample bank (figures.zoo.ddpm.ddpm_samples) that the DDPM, DDIM and solver figures
+share instead of drawing it again.
 """
 
 import json
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from figures.zoo.ddpm import ddpm_checkpoint
+from figures.zoo.ddpm import ddpm_checkpoint, ddpm_samples
 from figures.zoo.iddpm import iddpm_checkpoint
 from refimpl.core import pick_device
 from refimpl.digits_eval import evaluate
@@ -21,14 +25,20 @@ STEPS = (25, 50, 100, 1000)
 RUNS = (("iDDPM, learned", "iddpm", "learned"), ("DDPM, fixed_small", "ddpm", "fixed_small"),
         ("DDPM, fixed_large", "ddpm", "fixed_large"))
 N, COLUMNS = 256, 10
+BANKED = ("ddpm", "fixed_small", 1000)  # Algorithm 2: the DDPM sample bank
 
 
 def make(out: Path, preset: str) -> None:
     device = pick_device()
     ckpts = {"ddpm": ddpm_checkpoint("digits", preset), "iddpm": iddpm_checkpoint("digits", preset)}
-    samples = {(label, steps): sample_from_checkpoint(ckpts[kind], N, steps=steps, variance=variance, seed=0,
-                                                      device=device, disable=True).cpu()
-               for label, kind, variance in RUNS for steps in STEPS}
+
+    def draw(kind: str, variance: str, steps: int) -> torch.Tensor:
+        if (kind, variance, steps) == BANKED:
+            return ddpm_samples("digits", preset, n=N, seed=0)["x0"]
+        return sample_from_checkpoint(ckpts[kind], N, steps=steps, variance=variance, seed=0, device=device,
+                                      disable=True).cpu()
+
+    samples = {(label, steps): draw(kind, variance, steps) for label, kind, variance in RUNS for steps in STEPS}
     shown = [key for key in samples if key[0] != "DDPM, fixed_large"]
     fig = image_grid(torch.stack([samples[key][:COLUMNS] for key in shown]),
                      row_titles=[f"{label.split(',')[0]}\n{steps} steps" for label, steps in shown])
