@@ -14,6 +14,10 @@ Cache layout (``<cache>`` is ``$LINEAGE_CACHE`` or ``<root>/.cache/lineage``)::
 An entry appears only through ``os.rename`` of a finished temp dir that already holds its
 manifest, so a build killed at any moment leaves at worst stray temp dirs.
 
+Each stale script runs in a process of its own, the longest chains of work first, on one worker per core
+and a half (see :class:`_Worker`: on Linux a warm process that imported torch and matplotlib once forks a
+child per script).
+
 The key of a script is a sha256 over its source, the sources of the project modules it
 imports (transitively, found by static import analysis), its ``INPUTS``, the preset and
 the installed versions of torch, diffusers, matplotlib and numpy.
@@ -615,6 +619,8 @@ def worker_loop() -> int:
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
                 code = run_one(script, out, preset)
+            except SystemExit as stop:  # as a new process would exit on sys.exit()
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -780,8 +786,6 @@ class Timings:
             if total > best[0]:
                 best = (total, chain + [script])
         return best
-
-
 
 
 def _made(cache: Path, name: str, key: str | None) -> bool:
