@@ -13,9 +13,10 @@ its file lock makes the test wait for the build's training, or train it for the 
 mismatch: resuming, refimpl.training.fit refuses a checkpoint whose recorded config differs from the command's.
 
 In quick mode a page's full-preset block mostly repeats its quick block: `--out runs/x-full` then holds the same
-quick run as `runs/x`. Such a directory is an alias of the first one, and a later command that, with aliases
-replaced by their first directory, is the very command line that already ran on the page (the name of its output
-picture aside) is the same computation on the same files and is not run again.
+quick run as `runs/x`. Such a directory is an alias of the first one. A train command that starts from an alias
+(`--base runs/ldm-full`) shares the run that starts from the first directory, and a later command that, with
+aliases replaced by their first directory, is the very command line that already ran on the page (the name of
+its output picture aside) is the same computation on the same files and is not run again.
 """
 
 import fcntl
@@ -125,18 +126,20 @@ def test_figure_runs_name_page_commands():
     assert set(FIGURE_RUNS) <= shown, set(FIGURE_RUNS) - shown
 
 
-def run_train(argv: list[str], cwd: Path, page: Path, command: str, shared: Path) -> None:
-    """Run a train command, starting from a finished copy of the same quick run if one exists.
+def run_train(argv: list[str], same: list[str], cwd: Path, page: Path, command: str, shared: Path) -> None:
+    """Run a train command, starting from a finished copy of the same quick run if one exists: ``same`` is
+    ``argv`` with the page's alias directories replaced by their first ones (a run from runs/t5-full, a copy
+    of runs/t5, is the run from runs/t5).
 
     An exclusive lock per run key makes a second worker wait for the first one's training
     instead of training the same model at the same time."""
     out = cwd / option(argv, "--out")
-    key = " ".join(a for i, a in enumerate(argv) if a != "--out" and argv[i - 1] != "--out")
+    key = " ".join(a for i, a in enumerate(same) if a != "--out" and same[i - 1] != "--out")
     done = shared / hashlib.sha256(key.encode()).hexdigest()[:16]
     with open(f"{done}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
-            source = done if done.exists() else figure_run(argv)
+            source = done if done.exists() else figure_run(same)
             if source is not None:
                 shutil.copytree(source, out)
         run(argv, cwd, page, command)
@@ -151,8 +154,9 @@ def unaliased(argv: list[str], aliases: dict[str, str]) -> tuple[str, ...]:
                  for i, arg in enumerate(argv))
 
 
-def plan(commands: list[str]) -> list[tuple[str, list[str], str]]:
-    """(command, quick argv, "train" | "run" | "repeat") for a page's commands, in order (see the module docstring)."""
+def plan(commands: list[str]) -> list[tuple[str, list[str], str, list[str]]]:
+    """(command, quick argv, "train" | "run" | "repeat", quick argv with aliases replaced) for a page's commands,
+    in order (see the module docstring)."""
     first_out: dict[tuple[str, ...], str] = {}  # a train command line without its --out -> its first --out
     aliases: dict[str, str] = {}
     ran: set[tuple[str, ...]] = set()
@@ -163,9 +167,9 @@ def plan(commands: list[str]) -> list[tuple[str, list[str], str]]:
         if argv[4:5] and argv[4].startswith("train"):  # train, train-clip, ...
             key = tuple(a for i, a in enumerate(line) if "--out" not in (a, line[i - 1]))
             aliases[option(argv, "--out")] = first_out.setdefault(key, option(argv, "--out"))
-            steps.append((command, argv, "train"))
+            steps.append((command, argv, "train", [aliases.get(a, a) for a in argv]))
         else:
-            steps.append((command, argv, "repeat" if line in ran else "run"))
+            steps.append((command, argv, "repeat" if line in ran else "run", list(line)))
             ran.add(line)
     return steps
 
@@ -178,15 +182,17 @@ def test_a_full_block_repeats_only_what_quick_mode_makes_identical():
                 "python -m refimpl ddpm sample --ckpt runs/a-full --n 16 --out full.png",  # another --n: runs
                 "python -m refimpl ddpm train --data swissroll --preset full --out runs/b-full",
                 "python -m refimpl ddpm sample --ckpt runs/b-full --n 64 --out b.png"]  # another model: runs
-    assert [kind for *_, kind in plan(commands)] == ["train", "run", "train", "repeat", "run", "train", "run"]
+    assert [kind for _, _, kind, _ in plan(commands)] == ["train", "run", "train", "repeat", "run", "train", "run"]
+    fine_tune = "python -m refimpl lora train --preset full --base runs/a-full --out runs/lora-full"
+    assert plan([*commands, fine_tune])[-1][3][5:] == ["--preset", "quick", "--base", "runs/a", "--out", "runs/lora-full"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT / "docs")))
 def test_every_command_on_the_page_runs(page, tmp_path, shared_runs):
-    for command, argv, kind in plan(page_commands(page)):
+    for command, argv, kind, same in plan(page_commands(page)):
         assert argv[:3] == ["python", "-m", "refimpl"], f"{page.name}: not a refimpl command: {command}"
         if kind == "train":  # the shared-run logic applies to every trainer
-            run_train(argv, tmp_path, page, command, shared_runs)
+            run_train(argv, same, tmp_path, page, command, shared_runs)
         elif kind == "run":
             run(argv, tmp_path, page, command)
             picture = option(argv, "--out")
