@@ -18,6 +18,7 @@ The table (every module, how many scripts and model modules it keys) is printed;
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,19 @@ def test_the_table_covers_every_module_script_and_model(radius):
     keyed = {s for scripts, _ in radius.values() for s in scripts}
     assert keyed == set(builder.discover(ROOT))  # every script is keyed by its own source at least
     assert {m for _, models in radius.values() for m in models} == {p.stem for p in builder.model_modules(ROOT)}
+
+
+def test_a_model_module_imports_what_its_models_are_keyed_on():
+    """The table reads what a model module imports; cached() also keys a model on the modules it names. A module
+    named there but not imported (e.g. imported by name at run time) would retrain that model on an edit while
+    the table says it does not: every named module must be in the model module's import closure."""
+    for path in builder.model_modules(ROOT):
+        closure = {p.resolve() for p in builder.module_closure(f"figures.zoo.{path.stem}", root=ROOT)}
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "cached":
+                named = [e.value for e in node.args[1].elts] if isinstance(node.args[1], ast.List) else []
+                for module in named:
+                    assert (ROOT / (module.replace(".", "/") + ".py")).resolve() in closure, (path.name, module)
 
 
 def test_command_line_code_keys_nothing(radius):

@@ -1,18 +1,16 @@
 """The classifier-free guidance model and its trade-off samples, cached once per key and shared by the CFG
 figures and tests/test_cfg.py (a library module: no OUTPUTS).
-
-Each artifact names refimpl.cfg explicitly in its key (the module is imported by name below).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from figures.builder import cached
+from refimpl import cfg
 from refimpl.core import pick_device
 
 #: guidance scales of the trade-off (diffusers' convention s = 1 + w): unconditional, conditional, guided
@@ -23,7 +21,6 @@ STEPS = 25  # DDIM steps, eta = 0 (25: half the CPU time of 50, with the same tr
 
 def cfg_checkpoint(preset: str) -> Path:
     """The checkpoint directory of the CFG digits model trained with ``preset`` (Algorithm 1)."""
-    cfg = importlib.import_module("refimpl.cfg")
     config = cfg.train_config(preset)
 
     def produce(out: Path) -> None:
@@ -35,7 +32,6 @@ def cfg_checkpoint(preset: str) -> Path:
 def tradeoff_samples(preset: str) -> dict[str, torch.Tensor]:
     """Guided DDIM samples of that model: ``labels`` (PER_CLASS of each digit, sorted) and ``x0_<s>`` for each
     guidance scale s of :data:`SCALES`, every scale from the same x_T (seed 0)."""
-    cfg = importlib.import_module("refimpl.cfg")
     checkpoint = cfg_checkpoint(preset)
     labels = torch.arange(cfg.CLASSES).repeat_interleave(PER_CLASS)
 
@@ -56,7 +52,6 @@ def tradeoff_metrics(samples: dict[str, torch.Tensor]) -> list[dict[str, float]]
     diversity of its features (refimpl.cfg.diversity) and the Frechet distance to held-out digits."""
     from refimpl.digits_eval import classifier, evaluate
 
-    cfg = importlib.import_module("refimpl.cfg")
     probe, labels, rows = classifier(), samples["labels"], []
     with torch.no_grad():
         for s in SCALES:
