@@ -79,7 +79,7 @@ def train_config(preset: str = "quick", *, p_uncond: float = P_UNCOND, steps: in
                  seed: int = 0) -> dict:
     """The JSON config of a CFG run on digits: the sizes of DDPM's digits preset (refimpl.ddpm.PRESETS), the
     same network with a class embedding (``num_classes`` = 10, plus the null label), linear schedule, T = 1000."""
-    from refimpl.ddpm import PRESETS
+    from refimpl.ddpm import PRESETS, optimisation
     from refimpl.nets import build_model, model_config
 
     if preset not in PRESETS:
@@ -90,7 +90,7 @@ def train_config(preset: str = "quick", *, p_uncond: float = P_UNCOND, steps: in
     sizes = PRESETS[preset]["digits"]
     model = model_config(build_model(**sizes["model"], in_channels=1, num_classes=CLASSES))
     return {"data": "digits", "schedule": "linear", "T": 1000, "p_uncond": p_uncond, "model": model, "seed": seed,
-            "steps": steps or sizes["steps"], "batch_size": sizes["batch_size"], "lr": sizes["lr"]}
+            **optimisation(sizes, steps)}
 
 
 # --8<-- [start:train]
@@ -109,9 +109,9 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
         x0, y = batch(config["batch_size"], generator)
         return loss_cfg(net, x0.to(schedule.device), y.to(schedule.device), schedule, config["p_uncond"], generator)
 
-    history = fit(net, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="cfg", config=config,
-                  device=device, seed=config["seed"], batch_size=config["batch_size"], resume=resume,
-                  progress=progress)
+    history = fit(net, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
+                  out=out, model_name="cfg", config=config, device=device, seed=config["seed"],
+                  batch_size=config["batch_size"], resume=resume, progress=progress)
     return net, history
 # --8<-- [end:train]
 

@@ -342,16 +342,16 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     from refimpl.training import fit
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
-    model = model_from_config(config["model"])
+    model = model_from_config(config["model"], seed=config["seed"])  # initial weights from the config's seed
     batch = sampler(config["data"])
 
     def loss_fn(model, generator):
         x0 = batch(config["batch_size"], generator).to(schedule.device)
         return hybrid_loss(model, x0, schedule, generator, config["lambda"], bin_width=config["bin_width"])
 
-    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="iddpm",
-                  config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
-                  resume=resume, progress=progress)
+    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
+                  out=out, model_name="iddpm", config=config, device=device, seed=config["seed"],
+                  batch_size=config["batch_size"], resume=resume, progress=progress)
     return model, history
 # --8<-- [end:train]
 

@@ -80,32 +80,53 @@ class _DeferSigint:
 
 
 # --8<-- [start:fit]
+LR_DECAYS = ("constant", "cosine")
+
+
+def learning_rate(lr: float, step: int, steps: int, warmup: int = 0, lr_decay: str = "constant") -> float:
+    """The learning rate of the update from ``step`` to ``step + 1`` (0-based) in a run of ``steps`` updates:
+    linear warmup over ``warmup`` updates, times the cosine factor ``(1 + cos(pi * step / steps)) / 2``
+    with ``lr_decay="cosine"``."""
+    scale = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if lr_decay == "cosine":
+        scale *= 0.5 * (1 + math.cos(math.pi * step / steps))
+    return lr * scale
+
+
 def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name: str, config: dict[str, Any],
         out: str | Path | None = None, device: str | torch.device | None = None, seed: int = 0,
-        batch_size: int | None = None, warmup: int = 0, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
-        checkpoint_every: int = 500, resume: bool = True, progress: bool = True,
+        batch_size: int | None = None, warmup: int = 0, lr_decay: str = "constant", weight_decay: float = 0.0,
+        grad_clip: float | None = 1.0, checkpoint_every: int = 500, resume: bool = True, progress: bool = True,
         log_every: int = 10) -> list[tuple[int, float]]:
     """Train ``model`` for ``steps`` optimizer steps of ``loss_fn``; return the loss history.
 
     Optimizer: AdamW (decoupled weight decay); with the default ``weight_decay=0`` it is
     exactly Adam, which DDPM used (lr 2e-4, warmup, gradient clipping at norm 1). The
-    learning rate rises linearly over the first ``warmup`` steps and then stays constant,
-    so it never depends on the total ``steps`` and a run can be extended by resuming.
+    learning rate rises linearly over the first ``warmup`` steps and then, with
+    ``lr_decay="constant"`` (the papers' choice), stays constant: it never depends on the total
+    ``steps``, and a run can be extended by resuming with more. ``lr_decay="cosine"`` multiplies
+    it by ``(1 + cos(pi * step / steps)) / 2``, so it reaches zero at the last step: a short run
+    ends on a settled model instead of wherever the last noisy steps left it (the quick presets'
+    choice, in place of the papers' weight EMA over hundreds of thousands of steps). Such a run
+    resumes only to the same ``steps``.
 
     The recorded config is ``config`` plus ``model`` (:func:`refimpl.nets.model_config`
     for the networks of :mod:`refimpl.nets`; for other modules ``config["model"]`` is
     kept as given) and ``train`` (lr, seed, batch_size, warmup, weight_decay, grad_clip,
-    log_every, steps). With ``out``, a checkpoint is written every ``checkpoint_every``
-    steps, at the end, and when interrupted (Ctrl-C or a KeyboardInterrupt) before
-    re-raising; a first Ctrl-C lets the current step finish. If
-    ``out`` already holds a checkpoint of ``model_name`` (and ``resume``), training
-    continues from it; its recorded config must match apart from ``steps``. The history
-    holds ``(step, mean loss of the last log_every steps)`` every ``log_every`` steps.
+    log_every, steps, and lr_decay unless it is "constant"). With ``out``, a checkpoint is
+    written every ``checkpoint_every`` steps, at the end, and when interrupted (Ctrl-C or a
+    KeyboardInterrupt) before re-raising; a first Ctrl-C lets the current step finish. If
+    ``out`` already holds a checkpoint of ``model_name`` (and ``resume``), training continues
+    from it; its recorded config must match apart from ``steps`` (and with them too when the
+    learning rate decays). The history holds ``(step, mean loss of the last log_every steps)``
+    every ``log_every`` steps.
     ``batch_size`` is only recorded: ``loss_fn`` draws its own batch.
     """
     for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if not isinstance(value, int) or value <= 0:
             raise LineageError(f"{name} must be a positive integer, got {value!r}")
+    if lr_decay not in LR_DECAYS:
+        raise LineageError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     # None is the CPU, as in every trainer that calls fit (their data go to ``device or "cpu"``); "auto" picks
     device = device if isinstance(device, torch.device) else pick_device(device or "cpu")
     model.to(device)
@@ -117,6 +138,8 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
         raise ValueError("config['model'] does not describe the model being trained")
     train = dict(lr=lr, seed=seed, batch_size=batch_size, warmup=warmup, weight_decay=weight_decay,
                  grad_clip=grad_clip, log_every=log_every, steps=steps)
+    if lr_decay != "constant":  # recorded only when it is not, so the configs of constant runs stay as they were
+        train["lr_decay"] = lr_decay
     full_config = _json({**config, **described, "train": train})
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -128,6 +151,10 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
         if field:
             raise LineageError(f"checkpoint in {out} was trained with a different configuration "
                                f"(field {field}); use another --out or remove it")
+        trained_for = ckpt.config.get("train", {}).get("steps")
+        if lr_decay != "constant" and trained_for != steps:
+            raise LineageError(f"checkpoint in {out} decays its learning rate to zero at step {trained_for}; "
+                               f"it cannot be trained to step {steps} (use another --out)")
         model.load_state_dict(ckpt.model_state)
         step, history = ckpt.step, [(int(s), float(v)) for s, v in ckpt.extra.get("history", [])]
         if step >= steps:
@@ -158,7 +185,7 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
             for _ in bar:
                 rng_before = generator.get_state()  # restored if the step is interrupted half-way
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+                    group["lr"] = learning_rate(lr, step, steps, warmup, lr_decay)
                 try:
                     with autocast(device):
                         loss = loss_fn(model, generator)
@@ -205,11 +232,11 @@ def build_seeded(cls, config: dict[str, Any]) -> nn.Module:
 
 def fit_config(model: nn.Module, loss_fn: LossFn, config: dict[str, Any], out, model_name: str, device, resume: bool,
                progress: bool) -> list[tuple[int, float]]:
-    """:func:`fit` with the steps, lr, seed and batch size that ``config`` records (the trainers of the
-    text-to-image papers and their fine-tunes)."""
-    return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name,
-               config=config, device=device, seed=config["seed"], batch_size=config["batch_size"],
-               resume=resume, progress=progress)
+    """:func:`fit` with the steps, lr (and its decay, if recorded), seed and batch size that ``config`` records (the
+    trainers of the text-to-image papers and their fine-tunes)."""
+    return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
+               out=out, model_name=model_name, config=config, device=device, seed=config["seed"],
+               batch_size=config["batch_size"], resume=resume, progress=progress)
 
 
 def load_model(ckpt_dir: str | Path, expect_model: str) -> tuple[nn.Module, checkpoint.Checkpoint]:

@@ -213,7 +213,9 @@ def test_cli_trains_resumes_and_samples(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LINEAGE_NO_PROGRESS", "1")
     assert _cli(["train", "--steps", "2", "--out", "run", "--device", "cpu", "--quiet"], capsys)[0] == 0
-    assert _cli(["train", "--steps", "3", "--out", "run", "--device", "cpu", "--quiet"], capsys)[0] == 0  # resumes
+    assert _cli(["train", "--steps", "2", "--out", "run", "--device", "cpu", "--quiet"], capsys)[0] == 0  # resumes
+    code, err = _cli(["train", "--steps", "3", "--out", "run", "--quiet"], capsys)
+    assert code == 2 and "decays its learning rate to zero at step 2" in err[0]  # the quick preset's cosine decay
     assert _cli(["sample", "--ckpt", "run", "--label", "4", "--n", "2", "--steps", "2", "--out", "s.png",
                  "--device", "cpu", "--quiet"], capsys)[0] == 0
     assert (tmp_path / "s.png").stat().st_size > 0

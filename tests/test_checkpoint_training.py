@@ -10,7 +10,7 @@ import refimpl.checkpoint as checkpoint
 from refimpl.core import LineageError
 from refimpl.data import sampler
 from refimpl.nets import MLPDenoiser
-from refimpl.training import fit, load_model
+from refimpl.training import fit, learning_rate, load_model
 
 STEPS = 40
 
@@ -181,6 +181,57 @@ def test_interrupt_leaves_checkpoint_and_resumes_exactly(tmp_path, uninterrupted
     model, history = train(tmp_path)
     assert_same_weights(model, straight)
     assert history == straight_history
+
+
+def test_cosine_learning_rate_schedule():
+    """(1 + cos(pi s / S)) / 2 by hand: the full rate at the first update, half of it half-way, a
+    quarter at three quarters, and above zero at the last one; warmup multiplies it."""
+    assert learning_rate(1.0, 0, 100, lr_decay="cosine") == 1.0
+    assert learning_rate(1.0, 50, 100, lr_decay="cosine") == pytest.approx(0.5, abs=1e-15)
+    assert learning_rate(1.0, 75, 100, lr_decay="cosine") == pytest.approx((1 - 2 ** -0.5) / 2, abs=1e-15)
+    assert 0 < learning_rate(1.0, 99, 100, lr_decay="cosine") < 1e-3  # (1 - cos(pi / 100)) / 2 = 2.5e-4
+    assert learning_rate(2.0, 0, 100, warmup=4, lr_decay="cosine") == 0.5
+    assert learning_rate(2.0, 60, 100) == 2.0  # constant
+
+
+def test_a_decaying_run_resumes_exactly_and_only_to_its_own_length(tmp_path):
+    straight, straight_history = train(tmp_path / "straight", lr_decay="cosine")
+    assert checkpoint.load(tmp_path / "straight").config["train"]["lr_decay"] == "cosine"
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut", lr_decay="cosine", loss_fn=toy_loss([], interrupt_at=23))
+    model, history = train(tmp_path / "cut", lr_decay="cosine")
+    assert_same_weights(model, straight)
+    assert history == straight_history
+    with pytest.raises(LineageError, match=f"decays its learning rate to zero at step {STEPS}; it cannot be "
+                                           f"trained to step {2 * STEPS} \\(use another --out\\)"):
+        train(tmp_path / "cut", steps=2 * STEPS, lr_decay="cosine")
+    with pytest.raises(LineageError, match="field train.lr_decay"):
+        train(tmp_path / "cut", steps=STEPS)  # constant: another configuration
+    with pytest.raises(LineageError, match="lr_decay must be one of constant, cosine"):
+        train(tmp_path / "other", lr_decay="linear")
+
+
+@pytest.mark.parametrize("paper, make_config", [
+    ("ddpm", lambda m: m.train_config("swissroll", steps=2)),
+    ("iddpm", lambda m: m.train_config("swissroll", steps=2)),
+    ("cfg", lambda m: m.train_config(steps=2)),
+    ("adm", lambda m: m.train_config(steps=2)),
+    ("ncsn", lambda m: m.train_config("swissroll", steps=2)),
+    ("sde", lambda m: m.train_config("vp", "swissroll", steps=2)),
+    ("nonequilibrium", lambda m: m.train_config(steps=2)),
+])
+def test_a_trained_model_depends_on_its_config_alone(paper, make_config):
+    """The figure cache keys a model on its config: the same config must give the same weights whatever the
+    global RNG did before (which script of a build asks for a model first is up to the scheduler)."""
+    import importlib
+
+    module = importlib.import_module(f"refimpl.{paper}")
+    config = make_config(module)
+    torch.manual_seed(1)
+    first, _ = module.train(config, progress=False)
+    torch.manual_seed(2)
+    second, _ = module.train(config, progress=False)
+    assert_same_weights(first, second)
 
 
 def test_changed_config_refuses_to_resume(tmp_path):

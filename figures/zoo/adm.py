@@ -20,7 +20,7 @@ from refimpl.ddpm import load_for_sampling
 
 #: gradient scales of the guided-digits artifact (0: the unguided model; ADM's unconditional 256x256 model uses 10)
 SCALES = (0.0, 1.0, 3.0, 10.0)
-PER_LABEL = 30  # samples per (label, scale); the same x_T for every scale
+PER_LABEL = 100  # samples per (label, scale); the same x_T for every scale
 DDIM_STEPS = 25  # the 25-step DDIM of the guided-diffusion README (--timestep_respacing ddim25)
 SEED = 0
 
