@@ -99,7 +99,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     ``out`` is the checkpoint directory (resumed if it holds a run with the same config). Returns (net, history)."""
     from refimpl.data import sampler
     from refimpl.nets import model_from_config
-    from refimpl.training import fit
+    from refimpl.training import fit_config
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
     net = model_from_config(config["model"], seed=config["seed"])
@@ -109,9 +109,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
         x0, y = batch(config["batch_size"], generator)
         return loss_cfg(net, x0.to(schedule.device), y.to(schedule.device), schedule, config["p_uncond"], generator)
 
-    history = fit(net, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
-                  out=out, model_name="cfg", config=config, device=device, seed=config["seed"],
-                  batch_size=config["batch_size"], resume=resume, progress=progress)
+    history = fit_config(net, loss_fn, config, out, "cfg", device, resume, progress)
     return net, history
 # --8<-- [end:train]
 

@@ -164,7 +164,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
     it holds a run with the same config). Returns (model, loss history)."""
     from refimpl.data import sampler
     from refimpl.nets import model_from_config
-    from refimpl.training import fit
+    from refimpl.training import fit_config
 
     schedule = make_schedule(config["schedule"], config["T"]).to(device or "cpu")
     model = model_from_config(config["model"], seed=config["seed"])  # initial weights from the config's seed
@@ -174,9 +174,7 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
         x0 = batch(config["batch_size"], generator).to(schedule.device)
         return loss_simple(model, x0, schedule, generator)
 
-    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
-                  out=out, model_name="ddpm", config=config, device=device, seed=config["seed"],
-                  batch_size=config["batch_size"], resume=resume, progress=progress)
+    history = fit_config(model, loss_fn, config, out, "ddpm", device, resume, progress)
     return model, history
 # --8<-- [end:train]
 

@@ -232,8 +232,8 @@ def build_seeded(cls, config: dict[str, Any]) -> nn.Module:
 
 def fit_config(model: nn.Module, loss_fn: LossFn, config: dict[str, Any], out, model_name: str, device, resume: bool,
                progress: bool) -> list[tuple[int, float]]:
-    """:func:`fit` with the steps, lr (and its decay, if recorded), seed and batch size that ``config`` records (the
-    trainers of the text-to-image papers and their fine-tunes)."""
+    """:func:`fit` with the steps, lr (and its decay, if recorded), seed and batch size that ``config`` records: the
+    trainers whose config holds their whole optimisation (DDPM, iDDPM, CFG, the text-to-image papers, fine-tunes)."""
     return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], lr_decay=config.get("lr_decay", "constant"),
                out=out, model_name=model_name, config=config, device=device, seed=config["seed"],
                batch_size=config["batch_size"], resume=resume, progress=progress)

@@ -19,6 +19,7 @@ The table (every module, how many scripts and model modules it keys) is printed;
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -106,13 +107,21 @@ def test_a_model_module_imports_what_its_models_are_keyed_on():
     """The table reads what a model module imports; cached() also keys a model on the modules it names. A module
     named there but not imported (e.g. imported by name at run time) would retrain that model on an edit while
     the table says it does not: every named module must be in the model module's import closure."""
+    checked = set()
     for path in builder.model_modules(ROOT):
         closure = {p.resolve() for p in builder.module_closure(f"figures.zoo.{path.stem}", root=ROOT)}
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "cached":
-                named = [e.value for e in node.args[1].elts] if isinstance(node.args[1], ast.List) else []
+                arg = node.args[1]
+                if isinstance(arg, ast.Name):  # a module-level constant such as MODULES
+                    named = getattr(importlib.import_module(f"figures.zoo.{path.stem}"), arg.id)
+                else:
+                    assert isinstance(arg, (ast.List, ast.Tuple)), f"{path.name}:{node.lineno}: cannot read the modules"
+                    named = [ast.literal_eval(e) for e in arg.elts]
                 for module in named:
                     assert (ROOT / (module.replace(".", "/") + ".py")).resolve() in closure, (path.name, module)
+                checked.add(path.stem)
+    assert checked == {p.stem for p in builder.model_modules(ROOT)}  # every model module's calls were read
 
 
 def test_command_line_code_keys_nothing(radius):
