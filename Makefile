@@ -14,7 +14,7 @@ export NO_MKDOCS_2_WARNING := 1
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
-.PHONY: all setup serve build figures test clean
+.PHONY: all setup serve build figures corpus test clean
 
 all: build
 
@@ -34,6 +34,11 @@ build: $(VENV)/.installed
 
 figures: $(VENV)/.installed
 	$(BIN)/python -m figures build
+
+# The language models (GPT, BERT, T5, and Imagen's text encoder) read a snapshot of the notes' prose,
+# refimpl/notes.txt, so that editing a page retrains nothing. Take a new one on purpose: it retrains them.
+corpus: $(VENV)/.installed
+	$(BIN)/python -c "from refimpl.text import snapshot; print(snapshot())"
 
 # A fresh figure/model cache for every run, so the site build inside the tests starts clean.
 # --dist loadgroup: the tests marked xdist_group("site") share one worker and so one site build.

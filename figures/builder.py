@@ -282,13 +282,35 @@ def _parse_imports(root: Path, path: Path, mtime_ns: int, size: int) -> frozense
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=4096)
+def _data_names(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The file names a module lists in a top-level ``DATA_FILES = ("name", ...)``: files next to it that it reads
+    at run time, which key whatever imports it as its source does (parsed once per version of the module)."""
+    names = _literal(ast.parse(path.read_bytes(), filename=str(path)), "DATA_FILES")
+    if names is ...:
+        return ()
+    if not isinstance(names, tuple) or not all(isinstance(n, str) for n in names):
+        raise FigureError(f"{path.name}: DATA_FILES must be a tuple of file names")
+    return names
+
+
+def _data_files(path: Path) -> list[Path]:
+    stat = path.stat()
+    files = [path.parent / name for name in _data_names(path, stat.st_mtime_ns, stat.st_size)]
+    for file in files:
+        if not file.is_file():
+            raise FigureError(f"{path.name}: data file {file.name} not found")
+    return files
+
+
 def module_closure(target: str | Path, *, root: Path | str | None = None,
                    packages: Sequence[str] | None = None) -> list[Path]:
     """The project files executed when ``target`` is run or imported, sorted.
 
     ``target`` is a file (Path, or a str ending in ``.py``) or a dotted module name. The
     result holds the file itself, every module under ``packages`` in ``root`` that it
-    imports (transitively), and the ``__init__.py`` of each such module's packages.
+    imports (transitively), the ``__init__.py`` of each such module's packages, and the
+    data files each of these modules names in ``DATA_FILES``.
     Standard-library and third-party imports are ignored; so are dynamic imports.
     """
     root = Path(root).resolve() if root else default_root()
@@ -319,10 +341,13 @@ def module_closure(target: str | Path, *, root: Path | str | None = None,
         if _module_file(root, str(target).split("."), packages) is None:
             raise FigureError(f"module {target!r} not found under {root} (packages: {', '.join(packages)})")
         add_module(str(target))
+    data: set[Path] = set()
     while todo:
-        for name in sorted(_imported_names(root, todo.pop())):
+        path = todo.pop()
+        data.update(_data_files(path))
+        for name in sorted(_imported_names(root, path)):
             add_module(name)
-    return sorted(seen)
+    return sorted(seen | data)
 
 
 class _Hash:
@@ -422,8 +447,8 @@ def model_modules(root: Path | str | None = None) -> list[Path]:
 
 def blast_radius(root: Path | str | None = None, packages: Sequence[str] | None = None
                  ) -> dict[str, tuple[list[str], list[str]]]:
-    """For every project module: the figure scripts and the trained-model modules whose cache keys its
-    source is part of, i.e. what an edit of that file reruns. ``{"refimpl/ddim.py": (scripts, models)}``:
+    """For every project module (and data file a module names in DATA_FILES): the figure scripts and the
+    trained-model modules whose cache keys its source is part of, i.e. what an edit of that file reruns. ``{"refimpl/ddim.py": (scripts, models)}``:
     scripts by name, model modules by their zoo stem (``"ddpm"`` for figures/zoo/ddpm.py)."""
     root = Path(root).resolve() if root else default_root()
     keyed: dict[Path, list[Path]] = {}
@@ -434,8 +459,9 @@ def blast_radius(root: Path | str | None = None, packages: Sequence[str] | None 
         dotted = ".".join(module.relative_to(root).with_suffix("").parts)
         keyed[module] = module_closure(dotted, root=root, packages=packages)
     out: dict[str, tuple[list[str], list[str]]] = {}
+    data = {p for closure in keyed.values() for p in closure if p.suffix != ".py"}  # DATA_FILES
     for package in (packages or default_packages()):
-        for path in sorted((root / package).rglob("*.py")):
+        for path in sorted({*(root / package).rglob("*.py"), *(p for p in data if p.is_relative_to(root / package))}):
             scripts = sorted(t.stem for t, closure in keyed.items() if path in closure and t not in models_set)
             models = sorted(t.stem for t, closure in keyed.items() if path in closure and t in models_set)
             out[path.relative_to(root).as_posix()] = (scripts, models)

@@ -4,7 +4,9 @@ and the unigram baseline every model must beat.
 Corpus: the prose of ``docs/**/*.md`` (Chinese with English terms): fenced code, display math, HTML,
 tables, snippet includes and figure markup are dropped, headings kept as text. Every 10th line (a Markdown line
 is a paragraph) is held out, so the held-out text comes from the same pages as the training text.
-Nothing is downloaded.
+Nothing is downloaded. The models read a snapshot of that prose, ``refimpl/notes.txt``, taken on purpose with
+``make corpus`` (:func:`snapshot`): editing a page retrains no model and leaves no cached figure stale, and the
+package works where ``docs/`` is not installed beside it.
 
 Tokenizer: one token per Unicode character (so one Chinese character is one token, as in BERT's Chinese
 vocabulary), plus special tokens: padding, unknown, BERT's ``<mask>``, a start token ``<bos>``, and T5's
@@ -26,6 +28,10 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 SENTINELS = 16
 SPECIALS = ("<pad>", "<unk>", "<mask>", "<bos>", *(f"<extra_{i}>" for i in range(SENTINELS)))
 HELD_OUT_EVERY = 10
+#: files next to this module that it reads at run time: the figure builder keys every script and model that imports
+#: this module on them (figures.builder.module_closure), as it does on the module's source
+DATA_FILES = ("notes.txt",)
+NOTES = Path(__file__).with_name(DATA_FILES[0])
 
 
 def _prose(markdown: str) -> list[str]:
@@ -50,13 +56,33 @@ def _prose(markdown: str) -> list[str]:
     return lines
 
 
-def corpus(docs: Path | str = DOCS) -> tuple[str, str]:
-    """``(train, held_out)`` text: the prose lines of every page under ``docs``, every
-    :data:`HELD_OUT_EVERY`-th line held out, lines joined by newlines."""
+def prose_lines(docs: Path | str = DOCS) -> list[str]:
+    """The prose lines of every page under ``docs``, pages in path order."""
     pages = sorted(Path(docs).rglob("*.md"))
     if not pages:
         raise LineageError(f"no Markdown pages under {docs}: the language models train on the repository's notes")
-    lines = [line for page in pages for line in _prose(page.read_text(encoding="utf-8"))]
+    return [line for page in pages for line in _prose(page.read_text(encoding="utf-8"))]
+
+
+def snapshot(docs: Path | str = DOCS, path: Path | str = NOTES) -> Path:
+    """Write the prose lines of ``docs`` to ``path``, one per line (atomically): the text :func:`corpus` reads."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in prose_lines(docs)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def corpus(docs: Path | str | None = None, notes: Path | str = NOTES) -> tuple[str, str]:
+    """``(train, held_out)`` text: the snapshot ``notes`` (or, given ``docs``, the prose of the pages under it now),
+    every :data:`HELD_OUT_EVERY`-th line held out, lines joined by newlines."""
+    if docs is not None:
+        lines = prose_lines(docs)
+    else:
+        try:
+            lines = [line for line in Path(notes).read_text(encoding="utf-8").split("\n") if line]
+        except OSError:
+            raise LineageError(f"cannot read the notes snapshot {notes}: run `make corpus`") from None
     held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(lines))]
     return ("\n".join(line for line, h in zip(lines, held) if not h),
             "\n".join(line for line, h in zip(lines, held) if h))

@@ -10,6 +10,8 @@ figures/zoo/<paper>.py) on the source of the project modules they import (figure
 - a paper module (one that docs/papers.yml names under a paper's ``refimpl``) keys only the figures and models
   of that paper and of the papers that build on it (its registry descendants), and a paper module imports
   only the paper modules of its registry ancestors;
+- the pages' prose keys nothing: the language models read the snapshot refimpl/notes.txt (refimpl.text's
+  DATA_FILES, which keys what imports refimpl.text), and no figure script names a page in its INPUTS;
 - and two lineage facts the registry's ancestry cannot express alone: the 2015 model does not depend on
   improved DDPM, the LDM not on ADM or GLIDE.
 
@@ -122,6 +124,14 @@ def test_a_model_module_imports_what_its_models_are_keyed_on():
                     assert (ROOT / (module.replace(".", "/") + ".py")).resolve() in closure, (path.name, module)
                 checked.add(path.stem)
     assert checked == {p.stem for p in builder.model_modules(ROOT)}  # every model module's calls were read
+
+
+def test_page_prose_keys_nothing_and_the_snapshot_keys_the_language_models(radius):
+    for script in builder.discover(ROOT).values():
+        for name in script.inputs:
+            assert name.rstrip("/") != "docs" and not name.endswith(".md"), f"{script.name}: INPUTS {name!r}"
+    assert {"bert", "gpt", "t5", "imagen"} <= set(radius["refimpl/notes.txt"][1])
+    assert "bert_fill" in radius["refimpl/notes.txt"][0]  # it reads the held-out lines itself
 
 
 def test_command_line_code_keys_nothing(radius):

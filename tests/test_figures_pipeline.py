@@ -105,6 +105,25 @@ def test_module_closure_follows_imports(tmp_path: Path):
         "pkg/__init__.py", "pkg/a.py", "pkg/sub/__init__.py", "pkg/sub/e.py", "t.py"]
 
 
+def test_data_files_key_what_imports_their_module(fake: Path):
+    """A module that reads a file at run time names it in DATA_FILES: the file joins the closure of every script
+    that imports the module, so editing it changes their keys (and only theirs)."""
+    write(fake / "pkg" / "text.py", 'DATA_FILES = ("notes.txt",)\n')
+    write(fake / "pkg" / "notes.txt", "one\n")
+    script = fake / "figures" / "fig_b.py"
+    script.write_text(script.read_text() + "import pkg.text\n")
+    assert fake / "pkg" / "notes.txt" in module_closure(script, root=fake, packages=("pkg",))
+    keys = {name: script_key(name, root=fake, preset="quick", packages=("pkg",)) for name in ("fig_a", "fig_b")}
+    write(fake / "pkg" / "notes.txt", "two\n")
+    assert script_key("fig_b", root=fake, preset="quick", packages=("pkg",)) != keys["fig_b"]
+    assert script_key("fig_a", root=fake, preset="quick", packages=("pkg",)) == keys["fig_a"]
+    for bad, message in (('DATA_FILES = ("gone.txt",)\n', "data file gone.txt not found"),
+                         ('DATA_FILES = "notes.txt"\n', "must be a tuple")):
+        write(fake / "pkg" / "text.py", bad)
+        with pytest.raises(FigureError, match=message):
+            module_closure(script, root=fake, packages=("pkg",))
+
+
 def test_script_key_inputs_and_preset(fake: Path):
     write(fake / "data" / "table.yml", "x: 1\n")
     script = fake / "figures" / "fig_b.py"

@@ -10,7 +10,6 @@ from refimpl import bert
 
 PAGE = "llm/bert.md"
 OUTPUTS = ("bert_fill.md",)
-INPUTS = ("docs",)  # the notes: the model trains on them (refimpl.text.corpus)
 SENTENCES = 10
 SEED = 0
 MARKUP = set("|$`\\*_<>[]#&~")  # lines with these are left out: they would turn into Markdown or math in a table

@@ -8,7 +8,6 @@ from refimpl.plots import save, subplots
 
 PAGE = "llm/bert.md"
 OUTPUTS = ("bert_loss.svg",)
-INPUTS = ("docs",)  # the notes: the model trains on them (refimpl.text.corpus)
 
 
 def make(out: Path, preset: str) -> None:

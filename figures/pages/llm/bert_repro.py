@@ -8,7 +8,6 @@ from refimpl import bert
 
 PAGE = "llm/bert.md"
 OUTPUTS = ("bert_repro.md",)
-INPUTS = ("docs",)  # the notes: the model trains on them (refimpl.text.corpus)
 
 
 def make(out: Path, preset: str) -> None:
