@@ -51,8 +51,10 @@ class LoRALinear(nn.Module):
             raise LineageError(f"LoRA rank r must be >= 1, got {r}")
         self.base = base.requires_grad_(False)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) / math.sqrt(base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}  # drawn on the CPU, so any device agrees
+        self.lora_A = nn.Parameter((torch.randn(r, base.in_features, dtype=like["dtype"])
+                                    / math.sqrt(base.in_features)).to(like["device"]))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
         self.merged = False
 
     def delta(self) -> torch.Tensor:

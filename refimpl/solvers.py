@@ -113,8 +113,8 @@ def dpmpp_2m_sample(model: Model, x_T: torch.Tensor, schedule: Schedule, *, step
     Default spacing "karras" (EDM Eq. 5, rho = 7; the combination diffusers users know as "DPM++ 2M
     Karras"). The DPM-Solver paper discusses time-uniform against logSNR-uniform steps, and the authors'
     code recommends time-uniform steps for high-resolution data and guided sampling. On the linear
-    schedule time-uniform steps make the last lambda-step into code 0 long (10 steps: h = 3.5 from code
-    100, after 0.8 from code 200; r = 0.22), and the linear extrapolation of x0 over it overshoots, so with
+    schedule time-uniform steps make the last lambda-step into code 0 long (10 steps: h = 3.53 from code
+    100, after 0.75 from code 200; r = 0.21; tests/test_solvers.py computes them), and the linear extrapolation of x0 over it overshoots, so with
     10-20 uniform steps 2M is less accurate than DDIM; "karras" (which tends to logSNR-uniform as
     rho -> inf) puts more steps at low noise and is 4-7x more accurate at 10 steps (tests/test_solvers.py
     measures both). Karras spacing is limited to 78 steps on the linear schedule; use "uniform" beyond.

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from refimpl import imagen
+from refimpl.schedules import make_schedule
 from tests.clitools import assert_refused, refimpl
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -49,6 +50,17 @@ def test_dynamic_threshold_matches_numpy_percentile(p):
     assert torch.equal(imagen.dynamic_threshold(inside, p), inside)
 
 
+def test_dynamic_threshold_keeps_float64():
+    """Float64 input: the quantile is taken in float64 too, so it matches numpy to float64 rounding (a few ulps of
+    values bounded by 1: 1e-14 is ~45 ulps of slack); a float32 quantile would be off by up to ~1e-6."""
+    x0 = wide_x0().double()
+    got = imagen.dynamic_threshold(x0, 0.995)
+    flat = x0.flatten(1).numpy()
+    s = np.maximum(1.0, np.quantile(np.abs(flat), 0.995, axis=1))[:, None]
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), (np.clip(flat, -s, s) / s).reshape(x0.shape), rtol=0, atol=1e-14)
+
+
 def test_static_threshold_is_clipping():
     x0 = wide_x0()
     assert torch.equal(imagen.static_threshold(x0), x0.clamp(-1, 1))
@@ -83,6 +95,15 @@ def test_diffusers_default_sample_max_value_makes_dynamic_thresholding_static():
     default = ddpm_scheduler("dynamic", sample_max_value=1.0)._threshold_sample(x0)
     assert torch.equal(default, imagen.static_threshold(x0))
     assert not torch.allclose(default, imagen.dynamic_threshold(x0))
+
+
+def test_the_rescaled_schedule_reaches_the_alpha_bar_its_docstring_quotes():
+    """make_imagen_schedule: at T = 100 the betas sum to DDPM's total and alpha_bar_T = 2.0e-5, against DDPM's
+    4.0e-5 at T = 1000 (quoted to two digits: +-0.05e-5)."""
+    ours, ddpm = imagen.make_imagen_schedule(100), make_schedule("linear", 1000)
+    assert float(ours.betas.double().sum()) == pytest.approx(float(ddpm.betas.double().sum()), rel=1e-6)
+    assert float(ours.alpha_bar[-1]) == pytest.approx(2.0e-5, abs=0.05e-5)
+    assert float(ddpm.alpha_bar[-1]) == pytest.approx(4.0e-5, abs=0.05e-5)
 
 
 @pytest.mark.parametrize("kind", imagen.THRESHOLDS)

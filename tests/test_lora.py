@@ -35,6 +35,16 @@ def test_lora_linear_equals_the_base_layer_exactly_at_init():
     assert adapter.scaling == 2.0 and torch.count_nonzero(adapter.lora_A) == 3 * 12
 
 
+def test_adapters_take_the_base_layers_dtype():
+    """A float64 base gets float64 adapters (and a CUDA base CUDA ones, by the same code: tests/test_gpu.py runs
+    models there); before, they were made in the default dtype and forward failed on the matmul."""
+    base = torch.nn.Linear(12, 7).double()
+    adapter = lora.LoRALinear(base, r=3, alpha=6.0)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    assert adapter.lora_A.dtype == adapter.lora_B.dtype == torch.float64
+    assert torch.equal(adapter(x), base(x))
+
+
 def test_adapted_models_equal_their_base_exactly_at_init():
     gpt = small_gpt().eval()
     tokens = torch.randint(0, 30, (3, 16), generator=torch.Generator().manual_seed(1))

@@ -4,6 +4,7 @@ and the library that renders from it (figures/registry.py) is correct."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -115,6 +116,27 @@ def test_every_arxiv_link_on_a_page_is_a_registry_entry(reg):
             if arxiv_id not in known:
                 missing.append(f"{md.relative_to(DOCS)}: {arxiv_id}")
     assert not missing, "arXiv links not in docs/papers.yml: " + ", ".join(missing)
+
+
+#: the sections of a page where a link to the bibliography is the point (a reference list), whatever the entry
+REFERENCE_SECTIONS = ("## 参考", "## 延伸阅读")
+
+
+def test_a_paper_with_a_page_is_linked_to_its_page_in_the_prose(reg):
+    """In running text, a link to a bibliography entry whose paper has its own page goes to that page instead (the
+    links written before the page existed went stale); the reference lists at the end of a page cite entries."""
+    link = re.compile(r"\]\((?:\.\./)*bibliography\.md#([a-z0-9-]+)\)")
+    stale = []
+    for md in _md_pages():
+        section = ""
+        for number, line in enumerate(md.read_text(encoding="utf-8").splitlines(), 1):
+            if line.startswith("## "):
+                section = line.strip()
+            if section in REFERENCE_SECTIONS:
+                continue
+            stale += [f"{md.relative_to(DOCS)}:{number}: #{pid} -> {reg[pid].page}" for pid in link.findall(line)
+                      if pid in reg and reg[pid].page and DOCS / reg[pid].page != md]
+    assert stale == []
 
 
 def test_every_entry_with_a_page_has_that_page(reg):

@@ -50,6 +50,16 @@ def _at_code_0(name, model, x_T, schedule, steps, spacing):
 
 # ---------------------------------------------------------------- the Karras sub-sequence (EDM Eq. 5)
 
+def test_the_last_uniform_lambda_steps_quoted_in_the_docstring(s64):
+    """dpmpp_2m_sample's docstring: with 10 uniform steps on the linear schedule the last lambda-step (code 100 ->
+    0) is h = 3.53, after 0.75 (code 200 -> 100), ratio r = 0.21 (quoted to the digits shown: +-0.005)."""
+    assert sub_sequence(s64, 10, "uniform")[:3] == [0, 100, 200]
+    lam = lambda t: 0.5 * math.log(s64.alpha_bar[t] / (1 - s64.alpha_bar[t]))  # noqa: E731  log(alpha / sigma)
+    last, before = lam(0) - lam(100), lam(100) - lam(200)
+    assert last == pytest.approx(3.53, abs=0.005) and before == pytest.approx(0.75, abs=0.005)
+    assert before / last == pytest.approx(0.21, abs=0.005)
+
+
 def test_karras_timesteps_are_increasing_from_0_to_T_minus_1(s32, s64):
     for steps in (2, 3, 5, 10, 20, 40, 78):
         tau = karras_timesteps(s64, steps)
