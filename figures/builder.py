@@ -448,8 +448,9 @@ def model_modules(root: Path | str | None = None) -> list[Path]:
 def blast_radius(root: Path | str | None = None, packages: Sequence[str] | None = None
                  ) -> dict[str, tuple[list[str], list[str]]]:
     """For every project module (and data file a module names in DATA_FILES): the figure scripts and the
-    trained-model modules whose cache keys its source is part of, i.e. what an edit of that file reruns. ``{"refimpl/ddim.py": (scripts, models)}``:
-    scripts by name, model modules by their zoo stem (``"ddpm"`` for figures/zoo/ddpm.py)."""
+    trained-model modules whose cache keys its source is part of, i.e. what an edit of that file reruns.
+    ``{"refimpl/ddim.py": (scripts, models)}``: scripts by name, model modules by their zoo stem (``"ddpm"`` for
+    figures/zoo/ddpm.py)."""
     root = Path(root).resolve() if root else default_root()
     keyed: dict[Path, list[Path]] = {}
     for script in discover(root).values():
