@@ -61,13 +61,24 @@ def test_data_obey_the_rules(models, raw, reg):
 
 
 def test_arxiv_month_rule(models):
-    """Rule tested: an arXiv number's YYMM is 0 to 6 months after the model's year/month (the paper
-    can follow a release of weights or a product, never precede the model's first appearance). Up to
-    Llama 2 the models are dated by their papers (gap 0); the later ones by their releases."""
+    """Rule tested: an arXiv number's YYMM is 0 to 6 months after the model's year/month (the paper can follow a
+    release of weights or a product, never precede the model's first appearance), and an entry dated before its
+    paper names that release (``released``) while one dated by its paper does not."""
     gaps = {m.id: llm_models.arxiv_lag_months(m.arxiv, m.year, m.month)
             for m in models.values() if m.arxiv and m.month}
     assert gaps and all(0 <= g <= llm_models.MAX_PAPER_LAG_MONTHS for g in gaps.values()), gaps
-    assert all(g == 0 for k, g in gaps.items() if models[k].year * 12 + models[k].month <= 2023 * 12 + 7), gaps
+    assert {k for k, g in gaps.items() if g > 0} == {m.id for m in models.values() if m.released and m.arxiv}
+    # the releases that came first, as the sources in models.yml give them
+    assert {k: (models[k].year, models[k].month) for k in ("gpt-neox-20b", "bloom", "glm-130b", "distilbert")} == {
+        "gpt-neox-20b": (2022, 2), "bloom": (2022, 7), "glm-130b": (2022, 8), "distilbert": (2019, 8)}
+
+
+def test_every_edge_says_what_it_is(models):
+    """Edge rule: a parent edge is fine-tuning, distillation or a next version; a new architecture trained from
+    scratch, or a sibling, is not an edge."""
+    assert all((m.relation in llm_models.RELATIONS) == bool(m.parents) for m in models.values())
+    for model_id in ("albert", "deberta", "chinchilla", "mixtral", "chatgpt"):
+        assert models[model_id].parents == (), model_id
 
 
 def _entry(raw, model_id):
@@ -80,7 +91,8 @@ BAD = [
     ("duplicate name", lambda d: d.append(dict(d[_entry(d, "bert")], id="bert2", arxiv=None, registry=None)),
      "bert2.name: duplicate name"),
     ("unknown parent", lambda d: d[_entry(d, "roberta")].update(parents=["elmo"]), "roberta.parents: no model"),
-    ("parent later", lambda d: d[_entry(d, "bert")].update(parents=["roberta"]), "bert.parents: roberta"),
+    ("parent later", lambda d: d[_entry(d, "bert")].update(parents=["roberta"], relation="fine-tuned"),
+     "bert.parents: roberta"),
     ("year too early", lambda d: d[_entry(d, "gpt1")].update(year=2016), "gpt1.year"),
     ("year in the future", lambda d: d[_entry(d, "llama2")].update(year=dt.date.today().year + 1), "llama2.year"),
     ("bad branch", lambda d: d[_entry(d, "t5")].update(branch="seq2seq"), "t5.branch"),
@@ -94,6 +106,12 @@ BAD = [
     ("unknown registry id", lambda d: d[_entry(d, "opt")].update(registry="opt"), "opt.registry: no entry"),
     ("registry paper not claimed", lambda d: d[_entry(d, "gpt3")].update(registry=None), "gpt3.registry: arXiv 2005.14165"),
     ("missing key", lambda d: d[_entry(d, "opt")].pop("weights"), "opt: missing key(s) ['weights']"),
+    ("edge without relation", lambda d: d[_entry(d, "roberta")].pop("relation"), "roberta.relation"),
+    ("unknown relation", lambda d: d[_entry(d, "roberta")].update(relation="inspired-by"), "roberta.relation"),
+    ("relation without edge", lambda d: d[_entry(d, "bert")].update(relation="fine-tuned"), "bert.relation"),
+    ("release before paper unnamed", lambda d: d[_entry(d, "bloom")].pop("released"), "bloom.released: dated"),
+    ("release named but dated by paper", lambda d: d[_entry(d, "opt")].update(released="https://x.org"),
+     "opt.released: dated by its paper"),
 ]
 
 

@@ -22,6 +22,11 @@ DEFAULT_PATH = DOCS_DIR / "llm" / "models.yml"
 BRANCHES = ("encoder-only", "encoder-decoder", "decoder-only")
 WEIGHTS = ("open", "closed")
 KEYS = ("id", "name", "year", "month", "branch", "organization", "weights", "parents", "arxiv", "registry")
+#: keys an entry has only where they apply: ``relation`` with parents, ``released`` when the model came before its paper
+OPTIONAL = ("relation", "released")
+#: what a parent edge may mean (models.yml's edge rule): fine-tuned or distilled from the parent, or presented as
+#: the parent's next version (same architecture, a new training run)
+RELATIONS = ("fine-tuned", "distilled", "next-version")
 FIRST_YEAR = 2017  # the Transformer; every model here comes after it
 #: the paper may follow the model's first public release (weights, product) by at most this many
 #: months; it can never precede it, since a paper is itself a public release.
@@ -49,6 +54,8 @@ class Model:
     parents: tuple[str, ...]
     arxiv: str | None
     registry: str | None
+    relation: str | None = None
+    released: str | None = None
 
     @property
     def when(self) -> float:
@@ -67,7 +74,7 @@ def _check_entry(item: Any, source: str, index: int, this_year: int) -> Model:
         raise ModelsError(f"{source}: entry #{index + 1}: must be a mapping")
     where = f"{source}: {item.get('id') or f'entry #{index + 1}'}"
     missing = [k for k in KEYS if k not in item]
-    unknown = sorted(set(item) - set(KEYS))
+    unknown = sorted(set(item) - set(KEYS) - set(OPTIONAL))
     if missing or unknown:
         raise ModelsError(f"{where}: missing key(s) {missing}, unknown key(s) {unknown}")
     for key in ("id", "name", "organization"):
@@ -87,17 +94,30 @@ def _check_entry(item: Any, source: str, index: int, this_year: int) -> Model:
     parents = item["parents"]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise ModelsError(f"{where}.parents: must be a list of ids")
-    arxiv = item["arxiv"]
+    relation = item.get("relation")
+    if parents and relation not in RELATIONS:
+        raise ModelsError(f"{where}.relation: an entry with parents says how it was built from them, one of "
+                          f"{', '.join(RELATIONS)}; got {relation!r}")
+    if not parents and relation is not None:
+        raise ModelsError(f"{where}.relation: only an entry with parents has one")
+    arxiv, released = item["arxiv"], item.get("released")
+    if released is not None and (not isinstance(released, str) or not released.startswith("https://")):
+        raise ModelsError(f"{where}.released: must be the https:// address of the earlier release")
     if arxiv is not None:
         if not isinstance(arxiv, str) or not _ARXIV_RE.match(arxiv):
             raise ModelsError(f"{where}.arxiv: not a new-style arXiv id as a quoted string: {arxiv!r}")
-        if month is not None and not 0 <= arxiv_lag_months(arxiv, year, month) <= MAX_PAPER_LAG_MONTHS:
+        lag = arxiv_lag_months(arxiv, year, month) if month is not None else None
+        if lag is not None and not 0 <= lag <= MAX_PAPER_LAG_MONTHS:
             raise ModelsError(f"{where}.arxiv: {arxiv} is not 0..{MAX_PAPER_LAG_MONTHS} months after "
                               f"{year}-{month:02d}")
+        if lag is not None and (lag > 0) != (released is not None):
+            raise ModelsError(f"{where}.released: dated {year}-{month:02d}, {lag} months before its paper "
+                              f"({arxiv}): say where it was released first" if lag else
+                              f"{where}.released: dated by its paper ({arxiv}), so no earlier release")
     if item["registry"] is not None and not isinstance(item["registry"], str):
         raise ModelsError(f"{where}.registry: must be a registry id or null")
     return Model(item["id"], item["name"], year, month, item["branch"], item["organization"],
-                 item["weights"], tuple(parents), arxiv, item["registry"])
+                 item["weights"], tuple(parents), arxiv, item["registry"], relation, released)
 
 
 def _check_registry(model: Model, where: str, registry: Mapping[str, Paper], by_arxiv: dict[str, str]) -> None:

@@ -17,9 +17,9 @@ INPUTS = ("docs/llm/models.yml", "docs/papers.yml")
 
 #: branch -> (x of its first lane, number of lanes, colour, title); the colours follow the survey's figure
 COLUMNS = {
-    "encoder-only": (0.0, 2, "#d6609a", "encoder-only"),
-    "encoder-decoder": (3.0, 2, "#3a9a4a", "encoder-decoder"),
-    "decoder-only": (6.0, 5, "#3a6fc4", "decoder-only"),
+    "encoder-only": (0.0, 3, "#d6609a", "encoder-only"),
+    "encoder-decoder": (4.5, 2, "#3a9a4a", "encoder-decoder"),
+    "decoder-only": (7.5, 5, "#3a6fc4", "decoder-only"),
 }
 LANE_WIDTH = 1.5  # x units per lane: room for the longest label at the font size below
 MIN_GAP = 0.17    # years between two models in one lane: one label height at the figure's scale
