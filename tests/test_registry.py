@@ -139,6 +139,19 @@ def test_a_paper_with_a_page_is_linked_to_its_page_in_the_prose(reg):
     assert stale == []
 
 
+def test_the_home_page_lists_every_nav_page_once(reg):
+    """figures/pages/site_pages.py: every page of the nav is in the home page's list, described by its papers'
+    registry entries or by docs/pages.yml, and docs/pages.yml describes nothing else."""
+    from figures.pages import site_pages
+
+    pages = [page for _, page in site_pages.nav_pages()]
+    lines = site_pages.page_list(reg)
+    assert len(lines) == len(pages) == len(set(pages)) and "overview.md" in pages and "latent/ldm.md" in pages
+    assert all(f"]({page})" in line for page, line in zip(pages, lines))
+    described = yaml.safe_load((DOCS / "pages.yml").read_text(encoding="utf-8"))
+    assert set(described) == {page for page in pages if not any(p.page == page for p in reg.values())}
+
+
 def test_every_entry_with_a_page_has_that_page(reg):
     for paper in reg.values():
         if paper.page:
