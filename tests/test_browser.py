@@ -124,6 +124,9 @@ PAGE_PROBE = """() => {
 }"""
 
 
+PHONE = {"width": 390, "height": 844}
+
+
 def site_pages(site: Path) -> list[str]:
     """Every page of the site, as a path from the root (`""`, `diffusion/ddpm/`, ...)."""
     folders = (p.parent.relative_to(site).as_posix() for p in site.rglob("index.html"))
@@ -132,7 +135,7 @@ def site_pages(site: Path) -> list[str]:
 
 def test_every_page_renders_cleanly(site, server, browser_context, reports_dir):
     """Every page: no console or page errors, no request to another origin, every image loaded, every
-    formula typeset by MathJax (no raw TeX, no TeX error)."""
+    formula typeset by MathJax (no raw TeX, no TeX error), and no sideways scrolling on a 390-px phone."""
     origin = server.rstrip("/")
     problems, math_pages, start = [], 0, time.perf_counter()
     for path in site_pages(site):
@@ -149,6 +152,12 @@ def test_every_page_renders_cleanly(site, server, browser_context, reports_dir):
             if probe["unrendered"]:  # each formula must hold the mjx-container MathJax put there
                 found.append(f"{probe['unrendered']} of {probe['arithmatex']} formulas not typeset")
             math_pages += probe["arithmatex"] > 0
+            # on a phone the page itself must not scroll sideways: wide formulas, tables and code scroll in their
+            # own blocks (the same typeset page, laid out again at the width of a 390-px phone)
+            visit.page.set_viewport_size(PHONE)
+            width = visit.page.evaluate("() => document.documentElement.scrollWidth")
+            if width > PHONE["width"]:
+                found.append(f"{width} px wide on a {PHONE['width']}-px phone")
         problems += [f"/{path}: {p}" for p in found]
         visit.page.close()
     seconds = time.perf_counter() - start
