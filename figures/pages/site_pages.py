@@ -54,9 +54,9 @@ def page_list(registry=None) -> list[str]:
         papers = [p for p in registry.values() if p.page == page]
         if papers:
             years = sorted({p.year for p in papers if p.year})
-            when = "–".join(str(y) for y in (years[0], years[-1]) if y) if len(years) > 1 else str(years[0])
+            span = "–".join(dict.fromkeys(map(str, years[:1] + years[-1:])))  # "2022" or "2018–2020"
             names = "、".join(p.short for p in papers)
-            when = "" if when in names else f"，{when}"  # "Sohl-Dickstein 2015" already says it
+            when = f"，{span}" if span and span not in names else ""  # "Sohl-Dickstein 2015" already says it
             about = "；".join(p.zh.rstrip("。") for p in papers) + "。"
             lines.append(f"- [{title}]({page})（{names}{when}）：{about}")
         elif page in described:
