@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from refimpl.core import LineageError
+from refimpl.core import LineageError, conv_layout
 
 FORMAT = "lineage-checkpoint/1"
 
@@ -152,7 +152,7 @@ def load_module(directory: str | os.PathLike, *, expect_model: str,
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LineageError(f"corrupt checkpoint: {directory} does not describe a {expect_model} model "
                            f"({first})") from None
-    return module.eval(), data
+    return conv_layout(module.eval()), data
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

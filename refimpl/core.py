@@ -44,6 +44,16 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
+def conv_layout(module: torch.nn.Module, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """``module`` (in place) with its 4-D convolution weights in channels_last order when ``device`` is the CPU:
+    oneDNN's CPU convolutions run the 8x8 digits U-Net about 10% faster in training and 15-20% faster in sampling
+    in that order (batch 64 and 256, one thread). The values are unchanged, only the order of the sums inside a
+    convolution; saved weights are contiguous either way (:func:`refimpl.checkpoint.save`)."""
+    if torch.device(device).type == "cpu":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (safe for these small convnets/MLPs); a no-op elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

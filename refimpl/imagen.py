@@ -327,7 +327,7 @@ def upsample(sr: SuperResolution, low: torch.Tensor, embeddings: torch.Tensor, p
 
 #: sizes per preset; a preset changes sizes, never the algorithm (T = 100 for both stages)
 PRESETS = {
-    "quick": {"base_steps": 3000, "sr_steps": 400, "width": 32, "sr_width": 16, "batch_size": 64, "lr": 2e-3},
+    "quick": {"base_steps": 1500, "sr_steps": 400, "width": 32, "sr_width": 16, "batch_size": 64, "lr": 2e-3},
     "full": {"base_steps": 40000, "sr_steps": 20000, "width": 128, "sr_width": 64, "batch_size": 256, "lr": 2e-4},
 }
 T = 100

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from refimpl import checkpoint
-from refimpl.core import LineageError, autocast, pick_device
+from refimpl.core import LineageError, autocast, conv_layout, pick_device
 from refimpl.core import progress as progress_bar
 from refimpl.nets import model_config, model_from_config
 
@@ -129,7 +129,7 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, model_name:
         raise LineageError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     # None is the CPU, as in every trainer that calls fit (their data go to ``device or "cpu"``); "auto" picks
     device = device if isinstance(device, torch.device) else pick_device(device or "cpu")
-    model.to(device)
+    conv_layout(model.to(device), device)
     try:
         described = {"model": model_config(model)}
     except TypeError:  # not a refimpl.nets model (e.g. a classifier): config["model"] is the caller's business
@@ -251,4 +251,4 @@ def load_model(ckpt_dir: str | Path, expect_model: str) -> tuple[nn.Module, chec
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise LineageError(f"corrupt checkpoint: weights in {ckpt_dir} do not fit its model config ({first})") from None
-    return model.eval(), ckpt
+    return conv_layout(model.eval()), ckpt

@@ -321,11 +321,10 @@ def test_bits_per_dim_noise_does_not_depend_on_batching(c64):
 
 
 def test_the_likelihood_figure_shares_one_network_pass_between_the_fixed_variances():
-    # figures' iddpm_likelihood runs the DDPM once for its fixed_small and fixed_large rows: the same digits and
+    # figures.zoo.iddpm.bounds runs the DDPM once for its fixed_small and fixed_large rows: the same digits and
     # noise give the same (x_t, t) calls, so the replayed bound equals a direct one exactly; other inputs are refused.
-    from figures.builder import load_script
+    from figures.zoo.iddpm import Replay as replay_class
 
-    replay_class = load_script("iddpm_likelihood").Replay
     x0, *_rest, mixture = _discrete_data(40)
     s = Schedule(cosine_betas(50, dtype=F64))
     model = eps_model(mixture, s)
@@ -496,6 +495,22 @@ def test_cli_refuses_bad_input_in_one_line(runs, args, fragments):
 
 
 # ---------------------------------------------------------------- learning (the quick model the site uses)
+
+@pytest.mark.slow
+def test_learned_variance_lowers_the_bound_below_both_fixed_variances():
+    """The page's likelihood claim at our scale: with the linear schedule of the DDPM, the iDDPM's learned variance
+    (L_hybrid) gives a lower bound than the DDPM under either fixed variance. Every row of the cached bounds uses the
+    same digits and noise, so the difference is taken per digit: its mean must exceed 3 standard errors
+    (sd / sqrt(n), n = figures.zoo.iddpm.N_NLL)."""
+    from figures.zoo.iddpm import bounds
+
+    rows = bounds("quick")
+    learned = rows["iddpm-linear_learned"].total.double()
+    for fixed in ("ddpm_fixed_small", "ddpm_fixed_large"):
+        diff = rows[fixed].total.double() - learned
+        se = diff.std().item() / math.sqrt(diff.numel())
+        assert diff.mean().item() > 3 * se, (fixed, diff.mean().item(), se)
+
 
 @pytest.mark.slow
 def test_quick_digits_model_samples_recognisable_digits_in_50_steps():

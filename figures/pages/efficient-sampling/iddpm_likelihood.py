@@ -1,12 +1,9 @@
-"""The variational bound of the two digits models: per-timestep terms, the learned variance, bits/dim.
+"""The variational bound of the digits models: per-timestep terms, the learned variance, bits/dim.
 
 Draws iddpm_vlb_terms.svg and iddpm_variance.svg and writes the improved-DDPM page's likelihood table
-(iddpm_nll.md/.json): DDPM (linear schedule, L_simple) with fixed_small and fixed_large variances, and
-the iDDPM (cosine schedule, L_hybrid) with its learned variance, on the same digits and noise.
-
-The DDPM's two rows differ only in the variance the bound assumes: with the same digits and the same noise
-(the seed of refimpl.iddpm.nll_from_checkpoint) both bounds call the network on the same (x_t, t), so the
-network runs once per call and its output is replayed to the second bound (:class:`Replay` checks the inputs).
+(iddpm_nll.md/.json): DDPM (linear schedule, L_simple) with fixed_small and fixed_large variances, and the
+iDDPM (L_hybrid, linear and cosine schedule) with its learned variance, on the same digits and noise. The bounds
+are the cached artifact figures.zoo.iddpm.bounds, which tests/test_iddpm.py checks the page's claim on.
 """
 
 import json
@@ -14,57 +11,19 @@ from pathlib import Path
 
 import torch
 
-from figures.zoo.ddpm import ddpm_checkpoint
-from figures.zoo.iddpm import iddpm_checkpoint
+from figures.zoo.iddpm import N_NLL, bounds, iddpm_checkpoint
 from refimpl.core import pick_device
-from refimpl import ddpm
 from refimpl.data import held_out_digits
-from refimpl.iddpm import BIN_WIDTH, bits_per_dim, load_for_sampling, nll_from_checkpoint, split_output
+from refimpl.iddpm import load_for_sampling, split_output
 from refimpl.plots import save, subplots
 from refimpl.schedules import make_schedule, q_sample
 
 PAGE = "efficient-sampling/iddpm.md"
 OUTPUTS = ("iddpm_vlb_terms.svg", "iddpm_variance.svg", "iddpm_nll.md", "iddpm_nll.json")
-RUNS = (("DDPM（线性）, fixed_small", "ddpm", "fixed_small"), ("DDPM（线性）, fixed_large", "ddpm", "fixed_large"),
-        ("iDDPM（线性）, learned", "iddpm-linear", "learned"), ("iDDPM（余弦）, learned", "iddpm", "learned"))
-SEED = 0  # refimpl.iddpm.nll_from_checkpoint's default: the rows match `python -m refimpl iddpm nll`
-N_NLL = 128  # of the 297 digits: standard errors ~0.03 bits/dim, well below the differences between rows
-LEGEND = {label: label.replace("（线性）", " (linear)").replace("（余弦）", " (cosine)") for label, *_ in RUNS}
+RUNS = (("DDPM（线性）, fixed_small", "ddpm_fixed_small"), ("DDPM（线性）, fixed_large", "ddpm_fixed_large"),
+        ("iDDPM（线性）, learned", "iddpm-linear_learned"), ("iDDPM（余弦）, learned", "iddpm_learned"))
+LEGEND = {label: label.replace("（线性）", " (linear)").replace("（余弦）", " (cosine)") for label, _ in RUNS}
 FRAC_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 999)  # denser where beta and beta_tilde differ
-
-
-class Replay:
-    """A model whose first pass over a sequence of calls runs the network and records each output; ``replay()``
-    then answers the same sequence of calls from the record, refusing a call whose inputs differ."""
-
-    def __init__(self, model):
-        self.model, self.calls, self.replaying = model, [], False
-
-    def replay(self) -> None:
-        self.replaying, self.calls = True, iter(self.calls)
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self.replaying:
-            self.calls.append((x_t, t, self.model(x_t, t)))
-            return self.calls[-1][2]
-        x_seen, t_seen, output = next(self.calls)
-        if not (torch.equal(x_t, x_seen) and torch.equal(t, t_seen)):
-            raise RuntimeError("the second bound called the network on other inputs than the first")
-        return output
-
-
-@torch.no_grad()
-def ddpm_bounds(ckpt: Path, device) -> dict[str, object]:
-    """bits_per_dim of the DDPM with fixed_small and with fixed_large, as nll_from_checkpoint computes each, from
-    one run of the network."""
-    model, schedule, _ = ddpm.load_for_sampling(ckpt, device)
-    x0 = held_out_digits()[0][:N_NLL].to(device)
-    shared, results = Replay(model), {}
-    for variance in ("fixed_small", "fixed_large"):
-        results[variance] = bits_per_dim(shared, x0, schedule, variance=variance, bin_width=BIN_WIDTH,
-                                         generator=torch.Generator().manual_seed(SEED), disable=True)
-        shared.replay()
-    return results
 
 
 @torch.no_grad()
@@ -84,17 +43,12 @@ def learned_fraction(ckpt: Path, device) -> dict[int, list[float]]:
 
 
 def make(out: Path, preset: str) -> None:
-    device = pick_device()
-    ckpts = {"ddpm": ddpm_checkpoint("digits", preset), "iddpm": iddpm_checkpoint("digits", preset),
-             "iddpm-linear": iddpm_checkpoint("digits", preset, schedule="linear")}
-    fixed = ddpm_bounds(ckpts["ddpm"], device)
-    results = {label: fixed[variance] if kind == "ddpm" else
-               nll_from_checkpoint(ckpts[kind], N_NLL, variance=variance, seed=SEED, device=device, disable=True)[0]
-               for label, kind, variance in RUNS}
+    rows = bounds(preset)
+    results = {label: rows[row] for label, row in RUNS}
 
     fig, ax = subplots(figsize=(6.5, 3.8))
     t = torch.arange(1, 1001)
-    for i, (label, *_rest) in enumerate(RUNS):
+    for i, (label, _) in enumerate(RUNS):
         ax.plot(t, results[label].terms.mean(0).float().cpu(), color=f"C{i}", lw=1.2, label=LEGEND[label])
     ax.set(xscale="log", yscale="log", xlabel="paper timestep t (code t + 1)", ylabel="bits/dim",
            title=rf"Terms of the bound, mean over {N_NLL} digits ($L_0$ at t = 1)")
@@ -103,7 +57,7 @@ def make(out: Path, preset: str) -> None:
     fig.tight_layout()
     save(fig, out / "iddpm_vlb_terms.svg")
 
-    fractions = learned_fraction(ckpts["iddpm"], device)
+    fractions = learned_fraction(iddpm_checkpoint("digits", preset), pick_device())
     fig, (ax_ratio, ax_frac) = subplots(1, 2, figsize=(10, 3.6))
     for name, color in (("linear", "C0"), ("cosine", "C1")):
         schedule = make_schedule(name, 1000)

@@ -41,7 +41,7 @@ def make(out: Path, preset: str) -> None:
         ("类别提示（语言漂移）", "无先验保持时类名漂向主体；先验保持使之保持",
          f"“{dreambooth.CLASS_PROMPT}”：λ = 1 时 {_skew(samples['prior_class'])}，λ = 0 时 "
          f"{_skew(samples['no_prior_class'])}", f"基座 {_skew(samples['base_class'])}"),
-        ("其他数字仍可辨认", "先验保持保住类别的多样性",
+        ("其他数字的读对率", "—（论文的先验项只针对本类别，未测其他类别）",
          f"分类器读对：λ = 1 时 {acc['prior']:.1%} ± {se['prior']:.1%}，λ = 0 时 {acc['no_prior']:.1%} ± "
          f"{se['no_prior']:.1%}（{n_others} 个样本）", f"基座 {acc['base']:.1%} ± {se['base']:.1%}"),
         ("训练的参数", "整个模型", f"全部 {params:,} 个（含新词嵌入一行）", "Textual Inversion：一行"),
