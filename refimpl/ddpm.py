@@ -123,8 +123,10 @@ PRESETS = {
         "toy": {"steps": 3000, "batch_size": 256, "lr": 2e-3, "model": {"kind": "mlp", "hidden": 128, "depth": 3}},
         # cosine decay: the run ends on a settled model (at a constant 2e-3 the last steps' noise decides how good
         # the samples are; 2000 constant steps gave no better digits than these 1000)
+        # 32 channels at both resolutions (8x8 and 4x4): 35% less CPU per call than doubling to 64 at 4x4, and the
+        # same picture (classifier score 8.4 vs 8.6 of 256 DDPM samples; every claim of the digits pages holds)
         "digits": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "lr_decay": "cosine",
-                   "model": {"kind": "unet", "base": 32}},
+                   "model": {"kind": "unet", "base": 32, "channel_mults": [1, 1]}},
     },
     "full": {
         "toy": {"steps": 30000, "batch_size": 1024, "lr": 1e-3, "model": {"kind": "mlp", "hidden": 512, "depth": 4}},

@@ -153,9 +153,10 @@ def sample(model: TextConditionalUNet, texts: list[str], schedule: Schedule, *, 
 TEXT = {"vocab_size": len(VOCAB), "max_len": MAX_LEN, "width": 64, "depth": 2, "heads": 4}
 #: sizes per preset; a preset changes sizes, never the algorithm (T = 1000, linear betas, L_simple)
 PRESETS = {
-    "quick": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "base": 32, "text": TEXT,
+    "quick": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "base": 32, "mults": [1, 1], "text": TEXT,
               "clip_steps": 500, "clip_batch_size": 64, "clip_dim": 32},
-    "full": {"steps": 60000, "batch_size": 256, "lr": 2e-4, "base": 64, "text": {**TEXT, "width": 256, "depth": 4},
+    "full": {"steps": 60000, "batch_size": 256, "lr": 2e-4, "base": 64, "mults": [1, 2],
+             "text": {**TEXT, "width": 256, "depth": 4},
              "clip_steps": 20000, "clip_batch_size": 256, "clip_dim": 64},
 }
 
@@ -169,7 +170,7 @@ def _preset(preset: str) -> dict:
 def train_config(preset: str = "quick", *, steps: int | None = None, seed: int = 0) -> dict:
     """The JSON config of a text-conditional diffusion run on captioned digits."""
     sizes = _preset(preset)
-    model = {"unet": {"kind": "unet", "in_channels": 1, "base": sizes["base"], "channel_mults": [1, 2],
+    model = {"unet": {"kind": "unet", "in_channels": 1, "base": sizes["base"], "channel_mults": sizes["mults"],
                       "time_dim": 128, "attention": True}, "text": sizes["text"]}
     return {"data": "digits", "schedule": "linear", "T": 1000, "model": model, "caption_drop": CAPTION_DROP,
             "seed": seed, "steps": steps or sizes["steps"], "batch_size": sizes["batch_size"], "lr": sizes["lr"]}

@@ -234,8 +234,8 @@ def test_guidance_raises_accuracy_and_lowers_diversity_on_digits():
     #   is exactly 1/10 whatever the model's class frequencies; within 5 binomial SE (sqrt(0.09 / n)).
     # - accuracy rises and within-class diversity (mean squared distance of digits_eval features to the mean of
     #   the samples requested with the same label; the class means are treated as fixed, their own error is
-    #   O(1/n)) falls at every step of the scales, by more than 4 paired SE. Measured: accuracy 0.11, 0.71, 0.95,
-    #   0.992 and spread 439, 229, 104, 42 at s = 0, 1, 3, 10; the smallest step is 6.6 SE (accuracy, 3 -> 10, near
+    #   O(1/n)) falls at every step of the scales, by more than 4 paired SE. Measured: accuracy 0.11, 0.70, 0.95,
+    #   0.995 and spread 428, 230, 109, 44 at s = 0, 1, 3, 10; the smallest step is 6.9 SE (accuracy, 3 -> 10, near
     #   its ceiling: with 30 or 50 samples per label that step was only 3.8-4.1 SE, too close to the bar).
     from figures.zoo.adm import guided_digits, per_sample_stats
 
