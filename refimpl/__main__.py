@@ -11,6 +11,7 @@ PAPERS: dict[str, str] = {
     "ddpm": "refimpl.commands.ddpm",
     "sde": "refimpl.commands.sde",
     "ddim": "refimpl.commands.ddim",
+    "vpred": "refimpl.commands.vpred",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
     "adm": "refimpl.commands.adm",

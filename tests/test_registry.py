@@ -230,7 +230,7 @@ def test_bibliography_renders_every_entry(reg):
 def test_timeline_rows(reg):
     rows = registry.timeline_rows(["diffusion-foundations", "efficient-sampling"], reg)
     assert [r["id"] for r in rows] == ["nonequilibrium", "ncsn", "ddpm", "ddim", "score-sde", "iddpm",
-                                          "edm", "dpm-solver", "dpm-solver-pp", "consistency-models"]
+                                          "progressive-distillation", "edm", "dpm-solver", "dpm-solver-pp", "consistency-models"]
     assert set(rows[0]) == {"id", "short", "date", "branch", "predecessors"}
     assert rows[2]["predecessors"] == ["nonequilibrium", "ncsn"]
     assert len(registry.timeline_rows(registry=reg)) == len(reg)
