@@ -67,6 +67,6 @@ def make(out: Path, preset: str) -> None:
             "| --- | --- | --- |" + " --- |" * len(STEPS)]
     rows += [f"| {LABELS[name]} | {table['x0_mse_t999'][name]:.3g} | {table['x0_mse_t500'][name]:.3g} | "
              + " | ".join(f"{distance[(name, s)]:.3f}" for s in STEPS) + " |" for name in ("eps", "v")]
-    rows += ["", f"瑞士卷，quick 预设（{preset}）。x̂₀ 的误差在每个 t 上用 {N} 个新抽的点；参照：总是回答数据均值的均方误差"
+    rows += ["", f"瑞士卷，{preset} 预设。x̂₀ 的误差在每个 t 上用 {N} 个新抽的点；参照：总是回答数据均值的均方误差"
              f"是 {spread:.2f}。采样两模型从同一批 x_T 出发（各 {N_SAMPLES} 个点），与新抽的数据比切片 Wasserstein 距离。"]
     (out / "vpred_repro.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
