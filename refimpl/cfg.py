@@ -26,7 +26,7 @@ from refimpl.nets import null_label
 from refimpl.schedules import Schedule, make_schedule
 
 CLASSES = 10  # digits 0..9; the null label is 10
-P_UNCOND = 0.2  # the paper trains with p_uncond in {0.1, 0.2, 0.5} and finds 0.1 and 0.2 best (Sec. 4.1)
+P_UNCOND = 0.2  # the paper trains with p_uncond in {0.1, 0.2, 0.5} and finds 0.1 and 0.2 best (Sec. 4.2)
 SAMPLERS = ("ddim", "ddpm")
 
 

@@ -111,7 +111,7 @@ PRESETS = {
     "quick": {"steps": 600, "batch_size": 64, "lr": 1e-3, "hidden": 16},
     "full": {"steps": 10000, "batch_size": 256, "lr": 1e-4, "hidden": 64},
 }
-CAPTION_DROP = 0.5  # Sec. 3.4: 50% of the text prompts are replaced by empty strings in training
+CAPTION_DROP = 0.5  # Sec. 3.3: 50% of the text prompts are replaced by empty strings in training
 
 
 def train_config(base, preset: str = "quick", *, steps: int | None = None, seed: int = 0) -> dict:

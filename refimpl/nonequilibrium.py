@@ -44,7 +44,8 @@ Kernel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 #: the swiss roll of Appendix D.1.1: "40 time steps of Gaussian diffusion"
 T_SWISSROLL = 40
 #: beta_1, the variance of the first step; the paper fixes it to "a small constant" without giving the value
-#: for the swiss roll, the official code's default (step1_beta) is 1e-3
+#: for the swiss roll. The official code's step1_beta defaults to 1e-3 but is a floor added to its baseline
+#: schedule (its beta_1 is about 1e-3 + 1/T); ours is 1e-3 itself
 BETA_1 = 1e-3
 
 

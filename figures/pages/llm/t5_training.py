@@ -5,6 +5,7 @@ from pathlib import Path
 
 from figures.zoo.t5 import held_out_curve, t5_checkpoint
 from refimpl import checkpoint
+from refimpl.text import corpus
 from refimpl.plots import save, subplots
 
 PAGE = "llm/t5.md"
@@ -39,9 +40,9 @@ def make(out: Path, preset: str) -> None:
          f"各 {model['depth']} 块，d_model {model['width']}，d_ff {4 * model['width']}，{model['heads']} 头，"
          f"{params / 1e6:.2f}M 参数", "—"),
         ("词表", "SentencePiece 32,000 个 wordpiece", f"{model['vocab_size']} 个（每个字符一个 token + 特殊 token）", "—"),
-        ("预训练量", "2^19 步 × 128 条 × 512 token ≈ 340 亿 token（C4）",
-         f"{config['steps']} 步 × {config['batch_size']} 个窗口（本站笔记，约 11 万字符）", "—"),
-        ("留出集：被破坏字符的交叉熵（nats）", "论文不报告预训练损失",
+        ("预训练量", "第 3.1 节的基线：2^19 步 × 128 条 × 512 token ≈ 340 亿 token（C4）；第 3.7 节发布的模型：100 万步 × 2^11 条，约 1 万亿 token",
+         f"{config['steps']} 步 × {config['batch_size']} 个窗口（本站笔记的训练部分，{len(corpus()[0]) / 1e4:.0f} 万字符）", "—"),
+        ("留出集：被破坏字符的交叉熵（nats）", "只在图 6（第 3.4.2 节）画了预训练损失曲线，用来讨论数据重复；不可比",
          f"{last['span']:.3f} ± {last['se']:.3f}", f"unigram {last['unigram']:.3f}"),
         ("留出集：全部目标 token（含 sentinel）", "—", f"{last['target']:.3f}", "—"),
     ]
