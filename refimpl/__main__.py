@@ -12,6 +12,7 @@ PAPERS: dict[str, str] = {
     "sde": "refimpl.commands.sde",
     "ddim": "refimpl.commands.ddim",
     "vpred": "refimpl.commands.vpred",
+    "flow": "refimpl.commands.flow",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
     "adm": "refimpl.commands.adm",

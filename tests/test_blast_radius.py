@@ -44,6 +44,8 @@ CROSS_PAPER = {
                                               "fine-tuning method on the site, ControlNet's included",
     ("refimpl/controlnet.py", "lora_repro"): "its table repeats those counts (figures/lib/trainable.py)",
     ("refimpl/gpt.py", "transformer_attention"): "the Transformer page draws the attention of the site's GPT",
+    ("refimpl/solvers.py", "flow_compare"): "the flow-matching page compares its flows with DPM-Solver++ on the "
+                                            "DDPM model at equal NFE",
 }
 
 

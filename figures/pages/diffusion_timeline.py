@@ -11,10 +11,10 @@ PAGE = "index.md"
 OUTPUTS = ("diffusion_timeline.svg",)
 INPUTS = ("docs/papers.yml",)
 LANES = ("diffusion-foundations", "efficient-sampling", "guided-diffusion", "clip-diffusion",
-         "latent-diffusion", "side-clip", "fine-tuning")
+         "latent-diffusion", "after-2022", "side-clip", "fine-tuning")
 LANE_NAMES = {"diffusion-foundations": "foundations", "efficient-sampling": "efficient sampling",
               "guided-diffusion": "guidance", "clip-diffusion": "CLIP + diffusion",
-              "latent-diffusion": "latent diffusion", "side-clip": "side line: CLIP",
+              "latent-diffusion": "latent diffusion", "after-2022": "after 2022: flows", "side-clip": "side line: CLIP",
               "fine-tuning": "fine-tuning"}
 
 
