@@ -15,6 +15,14 @@ switch                GPT-2 / GLIDE / CLIP   BERT (= the 2017 paper)   T5
 activation            GELU                   GELU (paper: ReLU)        ReLU
 ====================  =====================  ========================  ============================
 
+The modern decoder (LLaMA, :mod:`refimpl.llama`) is three more switches on the same block, each defaulting to the
+2017 choice: ``activation="swiglu"`` (SwiGLU, Shazeer 2020, arXiv 2002.05202: W2 (SiLU(x W1) * x W3), hidden width
+``mlp_hidden``), ``kv_heads`` (grouped-query attention, Ainslie et al. 2023, arXiv 2305.13245: ``kv_heads`` key/value
+heads, each shared by ``heads / kv_heads`` query heads; 1 is multi-query attention) and ``norm="rms"`` (RMSNorm,
+Zhang & Sennrich 2019, arXiv 1910.07467); rotary position embeddings (RoFormer, Su et al. 2021, arXiv 2104.09864)
+are passed to the block's forward as ``rotary`` (see :func:`rotary_tables`), and ``cache`` keeps the keys and
+values of earlier positions for generation.
+
 Masks: ``causal=True`` lets position i attend only to positions j <= i (the decoder's masking, Sec. 3.2.3);
 ``key_padding_mask`` (B, L_k) bool, True at padding, removes padded positions as keys, so they cannot change
 the other positions' outputs. Every query must keep at least one key (a sequence of padding only, with no
@@ -35,6 +43,25 @@ from torch import nn
 from refimpl.core import LineageError
 
 
+# --8<-- [start:rotary]
+def rotary_tables(positions: torch.Tensor, dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding (RoFormer): the angles m theta_i, theta_i = theta^(-2(i-1)/d), i = 1..d/2, of every position m,
+    as (cos, sin) tables of shape (L, d/2)."""
+    freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    angles = positions.to(torch.float64)[:, None] * freqs[None, :]
+    return angles.cos(), angles.sin()  # float64: rotate() casts them to its input's dtype
+
+
+def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary position embedding (RoFormer): rotate each pair (x_{2i}, x_{2i+1}) of the last axis of ``x`` (..., L, d) by the angle
+    of its position: R_m x with 2x2 blocks [[cos, -sin], [sin, cos]]. Then (R_m q) . (R_n k) = q . R_{n-m} k
+    depends on the positions only through n - m."""
+    cos, sin = (t.to(x.dtype) for t in tables)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+# --8<-- [end:rotary]
+
+
 # --8<-- [start:attention]
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, blocked: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,31 +80,52 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, blocked: tor
 
 class MultiHeadAttention(nn.Module):
     """Vaswani et al. Sec. 3.2: ``heads`` parallel attentions (Eq. 1) of width d_k = width / heads,
-    concatenated and projected back to ``width``; self-attention, or cross-attention with ``context``."""
+    concatenated and projected back to ``width``; self-attention, or cross-attention with ``context``.
+    ``kv_heads`` (default ``heads``) key/value heads, each shared by heads / kv_heads query heads (GQA)."""
 
-    def __init__(self, width: int, heads: int, *, bias: bool = True, scale: bool = True):
+    def __init__(self, width: int, heads: int, *, bias: bool = True, scale: bool = True, kv_heads: int | None = None):
         super().__init__()
+        kv_heads = heads if kv_heads is None else kv_heads
         if width % heads:
             raise LineageError(f"width {width} is not divisible by heads {heads}")
-        self.heads, self.scale = heads, scale
-        self.q, self.k, self.v, self.out = (nn.Linear(width, width, bias=bias) for _ in range(4))
+        if kv_heads <= 0 or heads % kv_heads:
+            raise LineageError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
+        self.heads, self.kv_heads, self.scale = heads, kv_heads, scale
+        kv_width = width // heads * kv_heads
+        self.q, self.k, self.v, self.out = (nn.Linear(width, w, bias=bias)
+                                            for w in (width, kv_width, kv_width, width))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, causal: bool = False,
                 key_padding_mask: torch.Tensor | None = None, position_bias: torch.Tensor | None = None,
-                need_weights: bool = False):
+                need_weights: bool = False, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: dict | None = None):
+        """``rotary``: (cos, sin) tables of this call's positions (:func:`rotary_tables`), applied to queries and
+        keys. ``cache``: a dict holding the rotated keys and values of the positions before this call's, extended
+        in place; the n new queries sit after them, and ``causal`` then lets query i see the first
+        (past + i + 1) keys."""
         context = x if context is None else context
-        (b, n, width), m = x.shape, context.shape[1]
+        (b, n, width), d_k = x.shape, x.shape[-1] // self.heads
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, width) -> (B, heads, L, d_k)
-            return t.reshape(b, t.shape[1], self.heads, width // self.heads).transpose(1, 2)
+        def split(t: torch.Tensor, heads: int) -> torch.Tensor:  # (B, L, heads * d_k) -> (B, heads, L, d_k)
+            return t.reshape(b, t.shape[1], heads, d_k).transpose(1, 2)
 
+        q = split(self.q(x), self.heads)
+        k, v = split(self.k(context), self.kv_heads), split(self.v(context), self.kv_heads)
+        if rotary is not None:
+            q, k = rotate(q, rotary), rotate(k, rotary)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        if self.kv_heads != self.heads:  # each key/value head serves heads / kv_heads consecutive query heads
+            k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
+        m = k.shape[2]
         blocked = torch.zeros(n, m, dtype=torch.bool, device=x.device)
         if causal:
-            blocked = torch.ones_like(blocked).triu(1)  # query i may not see key j > i
+            blocked = torch.ones_like(blocked).triu(1 + m - n)  # query i (at position m - n + i) may not see later keys
         if key_padding_mask is not None:
             blocked = blocked | key_padding_mask[:, None, None, :].to(x.device)
-        out, weights = attention(split(self.q(x)), split(self.k(context)), split(self.v(context)),
-                                 blocked=blocked, bias=position_bias, scale=self.scale)
+        out, weights = attention(q, k, v, blocked=blocked, bias=position_bias, scale=self.scale)
         out = self.out(out.transpose(1, 2).reshape(b, n, width))
         return (out, weights) if need_weights else out
 # --8<-- [end:attention]
@@ -96,6 +144,18 @@ def make_norm(kind: str, width: int, eps: float) -> nn.Module:
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
+class SwiGLU(nn.Module):
+    """Shazeer (2020) Eq. (6), FFN_SwiGLU(x) = (SiLU(x W1) * x W3) W2, the MLP of LLaMA (W1 the gate)."""
+
+    def __init__(self, width: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.gate, self.up = nn.Linear(width, hidden, bias=bias), nn.Linear(width, hidden, bias=bias)
+        self.down = nn.Linear(hidden, width, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
 # --8<-- [start:block]
 class Block(nn.Module):
     """One Transformer block: self-attention, optional cross-attention (``cross=True``), MLP, each a residual
@@ -104,18 +164,23 @@ class Block(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: int = 4, *, prenorm: bool = True, norm: str = "layer",
                  bias: bool = True, scale: bool = True, activation: str = "gelu", cross: bool = False,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, kv_heads: int | None = None, mlp_hidden: int | None = None):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise LineageError(f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
+        if activation not in (*ACTIVATIONS, "swiglu"):
+            raise LineageError(f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)}, swiglu)")
         self.prenorm = prenorm
-        self.ln1, self.attn = make_norm(norm, width, eps), MultiHeadAttention(width, heads, bias=bias, scale=scale)
+        self.ln1 = make_norm(norm, width, eps)
+        self.attn = MultiHeadAttention(width, heads, bias=bias, scale=scale, kv_heads=kv_heads)
         if cross:
             self.ln_cross = make_norm(norm, width, eps)
             self.cross = MultiHeadAttention(width, heads, bias=bias, scale=scale)
         self.ln2 = make_norm(norm, width, eps)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width, bias=bias), ACTIVATIONS[activation](),
-                                 nn.Linear(mlp_ratio * width, width, bias=bias))
+        hidden = mlp_hidden or mlp_ratio * width
+        if activation == "swiglu":
+            self.mlp = SwiGLU(width, hidden, bias=bias)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(width, hidden, bias=bias), ACTIVATIONS[activation](),
+                                     nn.Linear(hidden, width, bias=bias))
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer) -> torch.Tensor:
         return x + sublayer(norm(x)) if self.prenorm else norm(x + sublayer(x))
@@ -123,9 +188,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, *, causal: bool = False, key_padding_mask: torch.Tensor | None = None,
                 position_bias: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_padding_mask: torch.Tensor | None = None,
-                context_bias: torch.Tensor | None = None) -> torch.Tensor:
+                context_bias: torch.Tensor | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: dict | None = None) -> torch.Tensor:
         x = self._residual(x, self.ln1, lambda h: self.attn(h, causal=causal, key_padding_mask=key_padding_mask,
-                                                            position_bias=position_bias))
+                                                            position_bias=position_bias, rotary=rotary, cache=cache))
         if context is not None:
             x = self._residual(x, self.ln_cross, lambda h: self.cross(
                 h, context, key_padding_mask=context_padding_mask, position_bias=context_bias))
