@@ -193,6 +193,17 @@ def on_page_markdown(markdown, page, config, files):
     return _INCLUDE.sub(lambda m: figure_output(m.group(1)).read_text(encoding="utf-8"), markdown)
 
 
+# --- figures open full size -----------------------------------------------------------
+
+_FIGURE_IMG = re.compile(r'<img\b[^>]*\bsrc="([^"]*figures/[^"]+)"[^>]*>')
+
+
+def on_page_content(html, page, config, files):
+    """Every generated figure links to its own file, so a reader can open it full size (a new tab)."""
+    return _FIGURE_IMG.sub(lambda m: f'<a class="lineage-figure" href="{m.group(1)}" target="_blank" '
+                                     f'title="打开原图">{m.group(0)}</a>', html)
+
+
 # --- MathJax, served from the site itself ----------------------------------------------
 
 #: the parts of MathJax 3 the pages load: the tex-chtml component, its fonts, TeX

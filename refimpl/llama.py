@@ -21,9 +21,6 @@ from torch import nn
 from refimpl.core import LineageError
 from refimpl.transformer import Block, rotary_tables
 
-#: the model name in a LLaMA-style checkpoint
-MODEL_NAME = "llama"
-
 
 def swiglu_hidden(width: int, multiple: int = 8) -> int:
     """LLaMA's MLP width: 2/3 of 4d (so SwiGLU's three matrices cost what a 4d two-matrix MLP does), rounded up

@@ -68,6 +68,8 @@ def test_images_exist_and_are_generated(site):
         for src in re.findall(r'<img[^>]+src="([^"]+)"', page_html):
             assert not src.startswith(("http:", "https:", "//")), (page, src)
             assert (out_dir / src).resolve().is_file(), (page, src)
+            if "figures/" in src:  # a reader can open every figure full size: it links to its own file
+                assert f'<a class="lineage-figure" href="{src}" target="_blank"' in page_html, (page, src)
     assert not (ROOT / "docs" / "figures").exists(), "generated figures must not live in docs/"
     figures = sorted(p.name for p in (site / "figures").iterdir())
     assert {"ddpm_forward_2d.svg", "ddpm_reverse_digits.png", "diffusion_timeline.svg"} <= set(figures)
