@@ -59,6 +59,13 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def column(v, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) coefficient shaped to broadcast against ``like`` (B, ...), in its dtype and device."""
+    v = torch.as_tensor(v, dtype=torch.float64)
+    v = v.reshape(-1, *([1] * (like.ndim - 1))) if v.ndim else v
+    return v.to(device=like.device, dtype=like.dtype)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
     random.seed(seed)

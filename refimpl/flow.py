@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from refimpl.core import LineageError, progress
+from refimpl.core import LineageError, column, progress
 from refimpl.schedules import Schedule, gather
 
 #: the model name in a flow checkpoint: other papers' loaders refuse it
@@ -43,16 +43,10 @@ TIME_SCALE = 1000.0
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t of shape (B,) (or a number) as a column that broadcasts against ``like`` (B, ...)."""
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    return t.reshape(-1, *([1] * (like.ndim - 1))) if t.ndim else t
-
-
 # --8<-- [start:path]
 def interpolate(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The straight path x_t = (1 - t) x + t eps (data at t = 0, noise at t = 1)."""
-    t = _col(t, x)
+    t = column(t, x)
     return (1 - t) * x + t * eps
 
 
@@ -75,23 +69,23 @@ def loss_cfm(model: Velocity, x: torch.Tensor, eps: torch.Tensor, generator: tor
 # --8<-- [start:conversions]
 def x_from_velocity(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x = x_t - t v (exact when v = eps - x)."""
-    return x_t - _col(t, x_t) * v
+    return x_t - column(t, x_t) * v
 
 
 def eps_from_velocity(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """eps = x_t + (1 - t) v."""
-    return x_t + (1 - _col(t, x_t)) * v
+    return x_t + (1 - column(t, x_t)) * v
 
 
 def velocity_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """v = (eps - x_t) / (1 - t): eps - x with x = (x_t - t eps) / (1 - t); undefined at t = 1."""
-    return (eps - x_t) / (1 - _col(t, x_t))
+    return (eps - x_t) / (1 - column(t, x_t))
 
 
 def velocity_from_score(x_t: torch.Tensor, score: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """v* = -(x_t + t grad log p_t(x_t)) / (1 - t), from Tweedie's E[x | x_t] = (x_t + t^2 grad log p_t) / (1 - t):
     the marginal velocity is the probability-flow drift of this path written with the score (t < 1)."""
-    t = _col(t, x_t)
+    t = column(t, x_t)
     return -(x_t + t * score) / (1 - t)
 
 
@@ -207,9 +201,9 @@ def reflow_config(parent: dict, parent_weights: str, preset: str = "quick", *, s
     """The config of a reflow run on a trained flow (its config ``parent``, its weights' digest): ``pairs`` noise
     samples solved to data points with ``pair_steps`` Euler steps of the parent, then ``steps`` of training on the
     pairs, starting from the parent's weights: the 2-rectified flow."""
-    sizes = REFLOW[preset] if preset in REFLOW else None
-    if sizes is None:
+    if preset not in REFLOW:
         raise LineageError(f"unknown preset {preset!r} (choose from {', '.join(REFLOW)})")
+    sizes = REFLOW[preset]
     return {**{k: v for k, v in parent.items() if k not in ("steps", "train", "lr_decay")},
             "reflow": {"parent_weights": parent_weights, "pairs": pairs or sizes["pairs"],
                        "pair_steps": sizes["pair_steps"]},

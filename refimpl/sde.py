@@ -26,17 +26,10 @@ from typing import Callable
 
 import torch
 
-from refimpl.core import LineageError, gaussian_like, progress
+from refimpl.core import LineageError, column, gaussian_like, progress
 from refimpl.mixture import by_level
 
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _col(v, x: torch.Tensor) -> torch.Tensor:
-    """A scalar or (B,) coefficient shaped to broadcast against x (B, ...), in x's dtype and device."""
-    v = torch.as_tensor(v, dtype=torch.float64)
-    v = v.reshape(-1, *([1] * (x.ndim - 1))) if v.ndim else v
-    return v.to(device=x.device, dtype=x.dtype)
 
 
 def _t64(t) -> torch.Tensor:
@@ -132,7 +125,7 @@ class VPSDE(_SDE):
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        return -0.5 * _col(self.beta(t), x) * x
+        return -0.5 * column(self.beta(t), x) * x
 
     def diffusion(self, t) -> torch.Tensor:
         return self.beta(t).sqrt()
@@ -146,7 +139,7 @@ class VPSDE(_SDE):
         and dt = 1/N this is DDPM's linear schedule beta_i = beta_min/N + i (beta_max - beta_min)/(N (N-1)).
         To first order in dt it is Euler-Maruyama: sqrt(1 - beta dt) - 1 = -1/2 beta dt + O(dt^2)."""
         beta_i = self.beta(t) * dt
-        return _col((1 - beta_i).sqrt() - 1, x) * x, beta_i.sqrt()
+        return column((1 - beta_i).sqrt() - 1, x) * x, beta_i.sqrt()
 
     def langevin_alpha(self, t, dt: float) -> torch.Tensor:
         """alpha_i = 1 - beta_i of the DDPM chain (the VP corrector's step-size factor in the authors' code)."""
@@ -206,7 +199,7 @@ def score_model(net: torch.nn.Module, sde: _SDE) -> Score:
     training: score(x, t) = -net(x, 999 t) / std(t). (Their VE models take std(t) as the time input instead.)"""
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return -net(x, 999 * t) / _col(sde.marginal(t)[1], x)
+        return -net(x, 999 * t) / column(sde.marginal(t)[1], x)
 
     return model
 
@@ -219,7 +212,7 @@ def dsm_loss(score: Score, x0: torch.Tensor, sde: _SDE, generator: torch.Generat
     device = generator.device if generator is not None else x0.device
     t = (eps + (sde.T - eps) * torch.rand(x0.shape[0], generator=generator, device=device, dtype=torch.float64))
     z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-    mean_coef, std = (_col(v, x0) for v in sde.marginal(t))
+    mean_coef, std = (column(v, x0) for v in sde.marginal(t))
     x_t = mean_coef * x0 + std * z
     losses = (std * score(x_t, t.to(device=x0.device, dtype=x0.dtype)) + z).pow(2).flatten(1).mean(1)
     return losses if per_sample else losses.mean()
@@ -229,7 +222,7 @@ def dsm_loss(score: Score, x0: torch.Tensor, sde: _SDE, generator: torch.Generat
 def tweedie_x0(x: torch.Tensor, t, score: torch.Tensor, sde: _SDE) -> torch.Tensor:
     """E[x_0 | x_t] = (x_t + std^2 score) / mean_coef (Tweedie's formula for the Gaussian kernel)."""
     mean_coef, std = sde.marginal(t)
-    return (x + _col(std**2, x) * score) / _col(mean_coef, x)
+    return (x + column(std**2, x) * score) / column(mean_coef, x)
 
 
 # --- one step of each sampler (noise passed in; None gives the mean) --------------------------------
@@ -238,7 +231,7 @@ def tweedie_x0(x: torch.Tensor, t, score: torch.Tensor, sde: _SDE) -> torch.Tens
 def em_step(x: torch.Tensor, t, dt: float, score: torch.Tensor, sde: _SDE, noise: torch.Tensor | None) -> torch.Tensor:
     """Euler-Maruyama on the reverse-time SDE from t to t - dt:
     x <- x - [f(x, t) - g(t)^2 score] dt + g(t) sqrt(dt) z."""
-    g = _col(sde.diffusion(t), x)
+    g = column(sde.diffusion(t), x)
     mean = x - (sde.drift(x, t) - g**2 * score) * dt
     return mean if noise is None else mean + g * math.sqrt(dt) * noise
 
@@ -248,7 +241,7 @@ def reverse_diffusion_step(x: torch.Tensor, t, dt: float, score: torch.Tensor, s
     """The reverse-diffusion predictor: with the forward step (f_i, G_i) = sde.discretize(x, t, dt),
     x <- x - f_i + G_i^2 score + G_i z. For VE it is SMLD's chain reversed, for VP DDPM's."""
     f, G = sde.discretize(x, t, dt)
-    G = _col(G, x)
+    G = column(G, x)
     mean = x - f + G**2 * score
     return mean if noise is None else mean + G * noise
 
@@ -261,13 +254,13 @@ def langevin_correct(x: torch.Tensor, t, score: torch.Tensor, sde: _SDE, noise: 
     ``alpha``: 1 for VE, alpha_i = 1 - beta_i for VP (``sde.langevin_alpha``)."""
     grad_norm = score.flatten(1).norm(dim=1).mean()
     noise_norm = noise.flatten(1).norm(dim=1).mean()
-    step = _col(2 * torch.as_tensor(alpha, dtype=torch.float64), x) * (snr * noise_norm / grad_norm) ** 2
+    step = column(2 * torch.as_tensor(alpha, dtype=torch.float64), x) * (snr * noise_norm / grad_norm) ** 2
     return x + step * score + (2 * step).sqrt() * noise
 
 
 def ode_drift(x: torch.Tensor, t, score: torch.Tensor, sde: _SDE) -> torch.Tensor:
     """The probability-flow ODE's velocity dx/dt = f(x, t) - 1/2 g(t)^2 score."""
-    return sde.drift(x, t) - 0.5 * _col(sde.diffusion(t) ** 2, x) * score
+    return sde.drift(x, t) - 0.5 * column(sde.diffusion(t) ** 2, x) * score
 # --8<-- [end:steps]
 
 

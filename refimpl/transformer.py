@@ -45,17 +45,17 @@ from refimpl.core import LineageError
 
 # --8<-- [start:rotary]
 def rotary_tables(positions: torch.Tensor, dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position embedding (RoFormer): the angles m theta_i, theta_i = theta^(-2(i-1)/d), i = 1..d/2, of every position m,
-    as (cos, sin) tables of shape (L, d/2)."""
+    """Rotary position embedding (RoFormer): the angles m theta_i, theta_i = theta^(-2(i-1)/d), i = 1..d/2, of
+    every position m, as (cos, sin) tables of shape (L, d/2)."""
     freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
     angles = positions.to(torch.float64)[:, None] * freqs[None, :]
     return angles.cos(), angles.sin()  # float64: rotate() casts them to its input's dtype
 
 
 def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotary position embedding (RoFormer): rotate each pair (x_{2i}, x_{2i+1}) of the last axis of ``x`` (..., L, d) by the angle
-    of its position: R_m x with 2x2 blocks [[cos, -sin], [sin, cos]]. Then (R_m q) . (R_n k) = q . R_{n-m} k
-    depends on the positions only through n - m."""
+    """Rotary position embedding (RoFormer): rotate each pair (x_{2i}, x_{2i+1}) of the last axis of ``x``
+    (..., L, d) by the angle of its position: R_m x with 2x2 blocks [[cos, -sin], [sin, cos]]. Then
+    (R_m q) . (R_n k) = q . R_{n-m} k depends on the positions only through n - m."""
     cos, sin = (t.to(x.dtype) for t in tables)
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)

@@ -206,7 +206,8 @@ def test_conditional_and_marginal_flow_matching_losses_differ_by_a_constant():
 
 def test_straightness_is_zero_exactly_for_straight_constant_speed_paths():
     # A constant field moves every point on a straight line at constant speed: S = 0 up to rounding. The exact
-    # mixture field bends its paths (it points at the posterior mean, which moves): S > 0.
+    # mixture field bends its paths (it points at the posterior mean, which moves): S > 0, by far (measured 1.42 for
+    # these 500 paths; the bound only has to show the estimate is not identically zero).
     noise = torch.randn(500, 2, generator=_gen(9), dtype=F64)
     grid = flow.time_grid(50)
     constant = lambda x, t: torch.ones_like(x) * torch.tensor([0.5, -2.0], dtype=F64)  # noqa: E731
@@ -318,10 +319,9 @@ def test_config_differs_from_ddpm_only_in_the_path():
 
 @pytest.fixture(scope="module")
 def quick_flows():
-    from figures.zoo.flow import flow_checkpoint, reflow_checkpoint
+    from figures.zoo.flow import flows
 
-    return {name: flow.network(flow.load_model(ckpt)[0]) for name, ckpt in
-            (("flow", flow_checkpoint("swissroll", "quick")), ("reflow", reflow_checkpoint("swissroll", "quick")))}
+    return flows("swissroll", "quick")
 
 
 def _noise(n=2000):

@@ -20,10 +20,15 @@ def _gen(seed):
 def test_rope_scores_depend_only_on_the_offset():
     # (R_m q) . (R_n k) = q . R_{n-m} k: shifting every position by the same c leaves all scores unchanged. Float64
     # tables and vectors: rounding of a d = 16 dot product of O(1) values, 1e-12.
-    q, k = torch.randn(1, 1, 12, 16, generator=_gen(0), dtype=F64), torch.randn(1, 1, 12, 16, generator=_gen(1), dtype=F64)
+    # Shifting by 1000 rotates by angles up to 1000 rad: float64 rounding of cos/sin there is ~1e-13, so 1e-10.
+    q, k = (torch.randn(1, 1, 12, 16, generator=_gen(seed), dtype=F64) for seed in (0, 1))
     positions = torch.arange(12)
-    scores = [rotate(q, rotary_tables(positions + c, 16)) @ rotate(k, rotary_tables(positions + c, 16)).transpose(-1, -2)
-              for c in (0, 7, 1000)]
+
+    def scores_at(c):
+        tables = rotary_tables(positions + c, 16)
+        return rotate(q, tables) @ rotate(k, tables).transpose(-1, -2)
+
+    scores = [scores_at(c) for c in (0, 7, 1000)]
     assert (scores[1] - scores[0]).abs().max() < 1e-12 and (scores[2] - scores[0]).abs().max() < 1e-10
     unrotated = q @ k.transpose(-1, -2)
     assert (scores[0] - unrotated).abs().max() > 0.1  # the rotation does change the scores

@@ -36,3 +36,9 @@ def reflow_checkpoint(data: str, preset: str) -> Path:
         flow.reflow(parent, config, out, device=pick_device(), progress=False)
 
     return cached(f"reflow-{data}", MODULES, produce, preset=preset, config=config)
+
+
+def flows(data: str, preset: str) -> dict[str, flow.Velocity]:
+    """The first flow and its reflow on ``data`` as velocity models, keyed "flow" and "reflow"."""
+    return {name: flow.network(flow.load_model(ckpt)[0])
+            for name, ckpt in (("flow", flow_checkpoint(data, preset)), ("reflow", reflow_checkpoint(data, preset)))}

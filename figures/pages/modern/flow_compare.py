@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from figures.zoo.ddpm import ddpm_checkpoint
-from figures.zoo.flow import flow_checkpoint, reflow_checkpoint
+from figures.zoo.flow import flows as quick_flows
 from refimpl import ddim, flow, solvers
 from refimpl.data import toy_2d
 from refimpl.metrics import sliced_wasserstein
@@ -26,17 +26,12 @@ ZH = {"flow": "第一个流（独立配对），欧拉法", "reflow": "reflow �
       "ddim": "DDPM 的 ε 模型，DDIM", "dpmpp": "DDPM 的 ε 模型，DPM-Solver++(2M)"}
 
 
-def _flows(preset: str) -> dict[str, flow.Velocity]:
-    return {name: flow.network(flow.load_model(ckpt)[0]) for name, ckpt in
-            (("flow", flow_checkpoint("swissroll", preset)), ("reflow", reflow_checkpoint("swissroll", preset)))}
-
-
-def samples(preset: str, noise: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
+def samples(flows: dict[str, flow.Velocity], preset: str, noise: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
     """Samples of the four samplers at each NFE; the flows start from ``noise``, the DDPM samplers from their own
     seed-0 noise (refimpl's sample_from_checkpoint)."""
     out = {}
     with torch.no_grad():
-        for name, velocity in _flows(preset).items():
+        for name, velocity in flows.items():
             for n in NFE:
                 out[(name, n)] = flow.euler_sample(velocity, noise, flow.time_grid(n))
     ckpt = ddpm_checkpoint("swissroll", preset)
@@ -49,7 +44,7 @@ def samples(preset: str, noise: torch.Tensor) -> dict[tuple[str, int], torch.Ten
 
 def make(out: Path, preset: str) -> None:
     noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
-    flows = _flows(preset)
+    flows = quick_flows("swissroll", preset)
     grid = flow.time_grid(FINE)
     with torch.no_grad():
         paths = {name: flow.euler_sample(v, noise, grid, trajectory=True) for name, v in flows.items()}
@@ -72,7 +67,7 @@ def make(out: Path, preset: str) -> None:
     fig.tight_layout()
     save(fig, out / "flow_paths.svg")
 
-    drawn = samples(preset, noise)
+    drawn = samples(flows, preset, noise)
     reference = toy_2d("swissroll", N, torch.Generator().manual_seed(11))
     generator = torch.Generator().manual_seed(12)
     again = toy_2d("swissroll", N, generator)
@@ -111,6 +106,7 @@ def make(out: Path, preset: str) -> None:
         s = f"{straightness[name]:.3f}" if name in straightness else "—"
         rows.append(f"| {ZH[name]} | {s} | " + " | ".join(f"{distance[(name, n)]:.3f}" for n in NFE) + " |")
     rows += ["", f"瑞士卷，{preset} 预设；表中是与新抽的数据之间的切片 Wasserstein 距离（每格 {N} 个样本，越小越好），"
-             f"两份独立数据之间的距离（噪声底）是 {floor:.3f}，与数据同均值同协方差的高斯是 {gaussian_distance:.3f}。直度 S 用 {FINE} 步欧拉轨迹估计，0 表示每条路径都是匀速直线。"
+             f"两份独立数据之间的距离（噪声底）是 {floor:.3f}，"
+             f"与数据同均值同协方差的高斯是 {gaussian_distance:.3f}。直度 S 用 {FINE} 步欧拉轨迹估计，0 表示每条路径都是匀速直线。"
              "两个流从同一批噪声出发；DDPM 的两个采样器用它们自己的种子 0 噪声。"]
     (out / "flow_repro.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
