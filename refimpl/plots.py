@@ -1,17 +1,30 @@
 """Plots shared by the command line and the figure scripts, saved deterministically.
 
 ``save(fig, path)`` writes SVG/PNG/PDF without timestamps or version strings and with a
-fixed SVG id salt, so two builds of the same figure give the same bytes.
+fixed SVG id salt, so two builds of the same figure give the same bytes, and refuses a figure whose
+texts overlap (:func:`text_overlaps`).
+
+Text in an SVG stays text (``svg.fonttype: none``): the reader's browser draws it with the reader's own
+fonts, so labels can be Chinese without a font in the build's requirements, and they are selectable and
+searchable. Matplotlib still measures every label to lay the figure out: Latin with its own DejaVu Sans,
+Chinese with Noto Sans CJK SC where it is installed (CI installs it); without it the layout of Chinese
+labels is measured on a placeholder glyph, so text in a PNG must be ASCII (``save`` checks).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
 
 #: rcParams shared by every figure (applied by :func:`subplots` and :func:`use_style`)
 STYLE = {
@@ -26,14 +39,20 @@ STYLE = {
     "axes.grid": False,
     "legend.frameon": False,
     "image.cmap": "viridis",
-    "svg.fonttype": "path",
+    "svg.fonttype": "none",
+    # the SVG names these for the browser; a reader without either gets the browser's own sans-serif
+    "font.family": ["DejaVu Sans", "Noto Sans CJK SC", "sans-serif"],
 }
 SVG_SALT = "lineage"
+_CJK = re.compile("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")  # CJK punctuation, ideographs, full-width forms
 
 
 def use_style() -> None:
     """Apply :data:`STYLE` to the global rcParams."""
     mpl.rcParams.update(STYLE)
+    # Without Noto Sans CJK matplotlib says so once per label and glyph; the browser draws those labels anyway.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
 
 
 def subplots(*args, **kwargs):
@@ -48,7 +67,9 @@ def image_grid(images, *, column_titles: Sequence[str] | None = None, row_titles
 
     ``images`` is an array or tensor of shape (rows, columns, H, W), (rows, columns, 1, H, W)
     or (rows, columns, 3, H, W), with values in [vmin, vmax] (the data range, [-1, 1] by
-    default); values outside are clipped. ``size`` is the width of one cell in inches.
+    default); values outside are clipped. ``size`` is the width of one cell in inches; row titles
+    read horizontally, left of the rows, and widen the figure by what they need. Each cell keeps
+    its own pixels (an SVG embeds them as they are and asks the browser to draw them sharp).
     """
     if hasattr(images, "detach"):
         images = images.detach().cpu().float().numpy()
@@ -61,13 +82,19 @@ def image_grid(images, *, column_titles: Sequence[str] | None = None, row_titles
         raise ValueError(f"image_grid: expected (rows, columns, [C,] H, W), got shape {images.shape}")
     rows, cols = images.shape[:2]
     use_style()
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + (0.3 if row_titles is not None else 0.0),
+    titles_width = 0.0
+    if row_titles is not None:  # inches: the widest line of any row title, and the gap to the cells
+        font = FontProperties(size=mpl.rcParams["axes.labelsize"])
+        titles_width = max(text_to_path.get_text_width_height_descent(line, font, ismath=False)[0]
+                           for title in row_titles for line in str(title).splitlines() or [""]) / 72 + 0.15
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + titles_width,
                                                    rows * size + (0.3 if column_titles is not None else 0.0)),
                              squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r, c]
-            ax.imshow(images[r, c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.imshow(images[r, c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="none", clip_on=False)
+            ax.patch.set_visible(False)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -75,13 +102,48 @@ def image_grid(images, *, column_titles: Sequence[str] | None = None, row_titles
             if r == 0 and column_titles is not None:
                 ax.set_title(column_titles[c])
             if c == 0 and row_titles is not None:
-                ax.set_ylabel(row_titles[r])
+                ax.set_ylabel(row_titles[r], rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.2)
     return fig
 
 
+@contextlib.contextmanager
+def _recording_texts():
+    """Within the block, list every text matplotlib draws, with its box in pixels, for the last renderer."""
+    drawn: list[tuple[object, object, mpl.transforms.Bbox]] = []
+    draw = mpl.text.Text.draw
+
+    def recorded(text, renderer):
+        draw(text, renderer)
+        if text.get_visible() and text.get_text().strip() and (not hasattr(text, "_check_xy")
+                                                               or text._check_xy(renderer)):
+            drawn.append((renderer, text, text.get_window_extent(renderer)))
+
+    mpl.text.Text.draw = recorded
+    try:
+        yield drawn
+    finally:
+        mpl.text.Text.draw = draw
+
+
+def _last_draw(drawn) -> list[tuple[object, mpl.transforms.Bbox]]:
+    # savefig(bbox_inches="tight") draws twice; the second draw is the picture
+    return [(text, box) for renderer, text, box in drawn if renderer is drawn[-1][0]] if drawn else []
+
+
+def text_overlaps(boxes: Sequence[tuple[object, mpl.transforms.Bbox]]) -> list[tuple[str, str]]:
+    """The (text, text) pairs among ``(Text, box)`` whose boxes share area (``Bbox.overlaps``: touching is not
+    overlapping). Rotation is by multiples of 90 degrees in this project, so each box is the text's own outline."""
+    return [(a.get_text(), b.get_text()) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
 def save(fig, path: str | Path) -> Path:
-    """Save ``fig`` to ``path`` (format from the suffix) reproducibly, then close it."""
+    """Save ``fig`` to ``path`` (format from the suffix) reproducibly, then close it.
+
+    Raises ``ValueError`` when two of its drawn texts overlap, or when a PNG would carry non-ASCII text
+    (see the module's docstring).
+    """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     metadata = {
@@ -92,10 +154,25 @@ def save(fig, path: str | Path) -> Path:
     if metadata is None:
         raise ValueError(f"save: unsupported format {path.suffix!r} (use .svg, .png or .pdf)")
     try:
-        with mpl.rc_context({"svg.hashsalt": SVG_SALT}):
+        with mpl.rc_context({"svg.hashsalt": SVG_SALT}), _recording_texts() as drawn:
             fig.savefig(path, format=fmt, metadata=metadata)
     finally:
         plt.close(fig)
+    texts = _last_draw(drawn)
+    clashes = text_overlaps(texts)
+    if clashes:
+        path.unlink()
+        raise ValueError(f"save: {path.name}: overlapping texts {clashes[:5]}")
+    mixed = [text.get_text() for text, _ in texts if _CJK.search(text.get_text()) and text._preprocess_math(
+        text.get_text())[1] is True]
+    if mixed:
+        path.unlink()
+        raise ValueError(f"save: {path.name}: mathtext draws Chinese as empty boxes: {mixed[:3]}; "
+                         "write the math part in Unicode (x\u209c, \u221a\u1fb1) or in a text of its own")
+    if fmt == "png" and any(not text.get_text().isascii() for text, _ in texts):
+        path.unlink()
+        raise ValueError(f"save: {path.name}: non-ASCII text in a PNG is drawn with the build machine's fonts; "
+                         "save an .svg")
     return path
 
 

@@ -123,6 +123,26 @@ PAGE_PROBE = """() => {
   };
 }"""
 
+#: The smallest text a figure may show at its displayed size, in CSS px (issue 18: about 10 px at the column width
+#: of a 1280-px screen; the figures' own 10-pt text is 13.3 px when an SVG is shown at its natural size).
+MIN_FIGURE_TEXT_PX = 10.0
+
+# Each SVG figure of the article: the smallest font-size of its <text> (SVG user units: matplotlib writes
+# "font-size: Npx" in the units of its viewBox), scaled by the width it is shown at over the viewBox width.
+FIGURE_TEXT_PROBE = """async () => {
+  const found = [];
+  for (const img of document.querySelectorAll("article img")) {
+    if (!new URL(img.src).pathname.endsWith(".svg")) continue;
+    const source = await (await fetch(img.src)).text();
+    const svg = new DOMParser().parseFromString(source, "image/svg+xml").documentElement;
+    const sizes = [...source.matchAll(/font-size:\\s*([0-9.]+)px/g)].map(m => parseFloat(m[1]));
+    if (!sizes.length) continue;
+    const shown = img.getBoundingClientRect().width;
+    found.push({src: new URL(img.src).pathname, shown, smallest: Math.min(...sizes) * shown / svg.viewBox.baseVal.width});
+  }
+  return found;
+}"""
+
 
 PHONE = {"width": 390, "height": 844}
 
@@ -135,7 +155,8 @@ def site_pages(site: Path) -> list[str]:
 
 def test_every_page_renders_cleanly(site, server, browser_context, reports_dir):
     """Every page: no console or page errors, no request to another origin, every image loaded, every
-    formula typeset by MathJax (no raw TeX, no TeX error), and no sideways scrolling on a 390-px phone."""
+    formula typeset by MathJax (no raw TeX, no TeX error), figure text legible at 1280 px, and no sideways
+    scrolling on a 390-px phone."""
     origin = server.rstrip("/")
     problems, math_pages, start = [], 0, time.perf_counter()
     for path in site_pages(site):
@@ -152,6 +173,9 @@ def test_every_page_renders_cleanly(site, server, browser_context, reports_dir):
             if probe["unrendered"]:  # each formula must hold the mjx-container MathJax put there
                 found.append(f"{probe['unrendered']} of {probe['arithmatex']} formulas not typeset")
             math_pages += probe["arithmatex"] > 0
+            found += [f"figure text {f['smallest']:.1f} px (< {MIN_FIGURE_TEXT_PX}) shown {f['shown']:.0f} px wide: "
+                      f"{f['src']}" for f in visit.page.evaluate(FIGURE_TEXT_PROBE)
+                      if f["smallest"] < MIN_FIGURE_TEXT_PX]
             # on a phone the page itself must not scroll sideways: wide formulas, tables and code scroll in their
             # own blocks (the same typeset page, laid out again at the width of a 390-px phone)
             visit.page.set_viewport_size(PHONE)

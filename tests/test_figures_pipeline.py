@@ -311,6 +311,36 @@ def test_matplotlib_outputs_are_byte_identical(fake: Path, tmp_path: Path):
     assert "<dc:date>" not in svg and "clipPath" in svg
 
 
+def test_save_keeps_svg_text_as_text_and_refuses_clashing_texts(tmp_path: Path):
+    """SVG labels stay text for the reader's fonts (Chinese included); two texts whose boxes share area, or
+    Chinese in a PNG, are refused with the file removed; texts apart, and ASCII in a PNG, are fine."""
+    from refimpl.plots import save, subplots
+
+    fig, ax = subplots(figsize=(3, 2))
+    ax.set_title("去噪步数 (NFE)")
+    svg = save(fig, tmp_path / "title.svg").read_text(encoding="utf-8")
+    assert ">去噪步数 (NFE)<" in svg and "Noto Sans CJK SC" in svg
+
+    def two_texts(second_x: float, path: Path):
+        fig, ax = subplots(figsize=(3, 2))
+        ax.text(0.1, 0.5, "first label")
+        ax.text(second_x, 0.5, "second")
+        return save(fig, path)
+
+    with pytest.raises(ValueError, match=r"overlapping texts \[\('first label', 'second'\)\]"):
+        two_texts(0.3, tmp_path / "clash.svg")  # "first label" at 10 pt is ~0.9 in wide: 0.3 of 3 in is inside
+    assert not (tmp_path / "clash.svg").exists()
+    assert two_texts(0.75, tmp_path / "apart.svg").exists()
+    for title, ok in (("steps", True), ("步数", False)):
+        fig, ax = subplots(figsize=(2, 2))
+        ax.set_title(title)
+        if ok:
+            save(fig, tmp_path / "ascii.png")
+        else:
+            with pytest.raises(ValueError, match="non-ASCII text in a PNG"):
+                save(fig, tmp_path / "chinese.png")
+
+
 # ----------------------------------------------------------------------------- 5. shared artifacts
 
 ARTIFACT_CLIENT = '''\

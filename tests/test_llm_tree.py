@@ -136,21 +136,29 @@ def test_figure_and_table(built, models):
     assert "arxiv.org" not in "\n".join(rows)  # arXiv links on the site are registry entries only
 
 
-def test_layout_refuses_a_crowded_branch(models):
-    """Two models in the same month cannot share a lane: with only one lane, layout() refuses."""
-    crowded = {k: models[k] for k in ("gopher", "glam")}
-    old = llm_tree.COLUMNS["decoder-only"]
-    llm_tree.COLUMNS["decoder-only"] = (old[0], 1, *old[2:])
-    try:
-        with pytest.raises(ValueError, match="no free lane for"):
-            llm_tree.layout(crowded)
-    finally:
-        llm_tree.COLUMNS["decoder-only"] = old
+def test_layout_keeps_labels_in_a_row_apart(models):
+    """Within a row, each model's date comes after the previous model's label has ended (its marker gap, its
+    measured width and a gap, in years at the figure's scale): so two models of one month never share a row."""
+    start = 2017.3
+    where, end, rows = llm_tree.layout(models, start)
+    per_year = llm_tree.WIDTH * (llm_tree.AXES[1] - llm_tree.AXES[0]) * 72 / (end - start)  # points per year
+    by_row: dict[int, list] = {}
+    for m in models.values():
+        by_row.setdefault(where[m.id][1], []).append(m)
+    assert max(by_row) < rows and len({m.branch for row in by_row.values() for m in row[:1]}) == 3
+    for row in by_row.values():
+        assert len({m.branch for m in row}) == 1
+        row.sort(key=lambda m: m.when)
+        for a, b in zip(row, row[1:]):
+            assert a.when + (llm_tree.label_width(a.name) + 2 * llm_tree.GAP) / per_year <= b.when, (a.id, b.id)
+    # the latest label ends inside the axes
+    latest = max(models.values(), key=lambda m: m.when)
+    assert latest.when + (llm_tree.label_width(latest.name) + 2 * llm_tree.GAP) / per_year <= end + 1e-9
 
 
 def test_overlap_check_sees_a_label_on_a_marker():
-    """draw() refuses overlapping labels through overlaps(); it must see a label drawn over another
-    model's marker (the case that BloombergGPT and GPT-4 once hit) and nothing when they are apart."""
+    """draw() refuses a label over another model's marker through marker_overlaps() (the case that
+    BloombergGPT and GPT-4 once hit), and sees nothing when they are apart."""
     from refimpl.plots import subplots
 
     fig, ax = subplots(figsize=(3, 2))
@@ -158,7 +166,7 @@ def test_overlap_check_sees_a_label_on_a_marker():
     labels = [ax.text(1, 5, "BloombergGPT", va="center"), ax.text(8.5, 1, "GPT-4", va="center")]
     markers = ax.plot(0.8, 5, "s") + ax.plot(2.0, 5, "s")  # the second marker sits under the first label
     fig.canvas.draw()
-    assert llm_tree.overlaps(labels, markers) == [("BloombergGPT", "GPT-4")]
+    assert llm_tree.marker_overlaps(labels, markers) == [("BloombergGPT", "GPT-4")]
     markers[1].set_data([8.3], [1])
     fig.canvas.draw()
-    assert llm_tree.overlaps(labels, markers) == []
+    assert llm_tree.marker_overlaps(labels, markers) == []

@@ -72,7 +72,7 @@ def test_images_exist_and_are_generated(site):
                 assert f'<a class="lineage-figure" href="{src}" target="_blank"' in page_html, (page, src)
     assert not (ROOT / "docs" / "figures").exists(), "generated figures must not live in docs/"
     figures = sorted(p.name for p in (site / "figures").iterdir())
-    assert {"ddpm_forward_2d.svg", "ddpm_reverse_digits.png", "diffusion_timeline.svg"} <= set(figures)
+    assert {"ddpm_forward_2d.svg", "ddpm_reverse_digits.svg", "diffusion_timeline.svg"} <= set(figures)
 
 
 def test_no_third_party_requests(site):

@@ -1,4 +1,8 @@
-"""The diffusion line of the seed as a timeline, drawn from the paper registry (docs/papers.yml)."""
+"""The diffusion line of the seed as a timeline, drawn from the paper registry (docs/papers.yml).
+
+One row per paper, grouped by branch (the branch's name heads its rows) and by date within a branch: labels
+never share a row, so they cannot collide however close two papers are in time.
+"""
 
 from pathlib import Path
 
@@ -12,44 +16,48 @@ OUTPUTS = ("diffusion_timeline.svg",)
 INPUTS = ("docs/papers.yml",)
 LANES = ("diffusion-foundations", "efficient-sampling", "guided-diffusion", "clip-diffusion",
          "latent-diffusion", "after-2022", "side-clip", "fine-tuning")
-LANE_NAMES = {"diffusion-foundations": "foundations", "efficient-sampling": "efficient sampling",
-              "guided-diffusion": "guidance", "clip-diffusion": "CLIP + diffusion",
-              "latent-diffusion": "latent diffusion", "after-2022": "after 2022: flows", "side-clip": "side line: CLIP",
-              "fine-tuning": "fine-tuning"}
+ROW = 0.2  # inches per row: a 9-pt label is 0.125 in tall
 
 
 def make(out: Path, preset: str) -> None:
     assert set(LANES) <= set(BRANCHES)
-    rows = timeline_rows(LANES)
-    where = {row["id"]: (mdates.date2num(row["date"]), LANES.index(row["branch"])) for row in rows}
-    fig, ax = subplots(figsize=(10, 5))
+    rows = sorted(timeline_rows(LANES), key=lambda row: (LANES.index(row["branch"]), row["date"]))
+    where, headers, y = {}, [], 0
+    for lane in LANES:
+        members = [row for row in rows if row["branch"] == lane]
+        if members:
+            headers.append((lane, y))
+            for row in members:
+                y += 1
+                where[row["id"]] = (mdates.date2num(row["date"]), y)
+            y += 1.5
+    first = min(x for x, _ in where.values())
+    last = max(x for x, _ in where.values())
+    fig, ax = subplots(figsize=(7, ROW * y + 0.8))
     for row in rows:
-        x, y = where[row["id"]]
+        x, y_row = where[row["id"]]
         for parent in row["predecessors"]:
             if parent in where:
-                px, py = where[parent]
-                ax.annotate("", xy=(x, y), xytext=(px, py),
-                            arrowprops={"arrowstyle": "->", "color": "0.75", "lw": 0.8,
-                                        "shrinkA": 4, "shrinkB": 4})
-    # Labels of papers that lie close in time within a lane take turns over four slots (above, below, further
-    # above, to the right: further below would reach the next lane's labels), so four neighbours stay apart.
-    slots = ((0, 9, "center", "bottom"), (0, -9, "center", "top"), (0, 20, "center", "bottom"),
-             (7, 0, "left", "center"))
-    last_in_lane: dict[int, tuple[float, int]] = {}  # lane -> (x, slot index) of its previous paper
+                ax.annotate("", xy=(x, y_row), xytext=where[parent],
+                            arrowprops={"arrowstyle": "->", "color": "0.8", "lw": 0.6, "shrinkA": 3, "shrinkB": 3,
+                                        "connectionstyle": "arc3,rad=0.15"})
+    for lane, y_head in headers:
+        ax.text(first, y_head, BRANCHES[lane], color=f"C{LANES.index(lane)}", weight="bold", va="center")
     for row in rows:
-        x, y = where[row["id"]]
-        ax.plot(x, y, "o", color=f"C{LANES.index(row['branch'])}", ms=7, zorder=3)
-        previous = last_in_lane.get(y)
-        slot = (previous[1] + 1) % len(slots) if previous and x - previous[0] < 300 else 0
-        last_in_lane[y] = (x, slot)
-        dx, dy, ha, va = slots[slot]
-        ax.annotate(row["short"], (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                    zorder=4)
-    ax.set_yticks(range(len(LANES)), [LANE_NAMES[lane] for lane in LANES])
-    ax.set_ylim(len(LANES) - 0.3, -0.75)
+        x, y_row = where[row["id"]]
+        color = f"C{LANES.index(row['branch'])}"
+        ax.plot(x, y_row, "o", color=color, ms=6, zorder=3)
+        right = x < last - 500  # labels of the last papers go to the left of their dot, inside the axes
+        ax.annotate(row["short"], (x, y_row), xytext=(5 if right else -5, 0), textcoords="offset points",
+                    ha="left" if right else "right", va="center", fontsize=9, zorder=4,
+                    bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 0.5})
+    ax.set_ylim(y - 0.5, -1)
+    ax.set_yticks([])
+    ax.spines["left"].set_visible(False)
+    ax.set_xlim(first - 120, last + 120)
     ax.xaxis.set_major_locator(mdates.YearLocator())
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Diffusion models, by date of first arXiv version")
+    ax.set_title("扩散模型论文时间线（按 arXiv 首个版本的日期）")
     fig.tight_layout()
     save(fig, out / "diffusion_timeline.svg")

@@ -13,15 +13,15 @@ OUTPUTS = ("clip_similarity.svg",)
 def make(out: Path, preset: str) -> None:
     model, tok, _ = clip.load(clip_checkpoint(preset))
     matrix = clip.similarity(model, tok, "both").numpy()
-    fig, ax = subplots(figsize=(4.6, 3.8))
+    fig, ax = subplots(figsize=(6.0, 5.0))
     shown = ax.imshow(matrix, cmap="viridis", vmin=-1, vmax=1)
     for i in range(10):
         for j in range(10):
-            ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=8,
                     color="black" if matrix[i, j] > 0.3 else "white")
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
-    ax.set_xlabel("prompt ensemble of digit j (en + zh)")
-    ax.set_ylabel("held-out image of digit i")
-    fig.colorbar(shown, ax=ax, label="cosine similarity")
+    ax.set_xlabel("数字 j 的提示词集成 (英文 + 中文)")
+    ax.set_ylabel("数字 i 的留出图像")
+    fig.colorbar(shown, ax=ax, label="余弦相似度")
     save(fig, out / "clip_similarity.svg")

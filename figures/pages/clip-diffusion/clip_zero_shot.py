@@ -11,7 +11,7 @@ from refimpl.plots import save, subplots
 
 PAGE = "clip-diffusion/clip.md"
 OUTPUTS = ("clip_zero_shot.svg", "clip_repro.md", "clip_repro.json")
-LABELS = {"en": "English templates", "zh": "Chinese templates", "both": "ensemble (en + zh)"}
+LABELS = {"en": "英文模板", "zh": "中文模板", "both": "合并集成 (英文 + 中文)"}
 
 
 def make(out: Path, preset: str) -> None:
@@ -21,12 +21,12 @@ def make(out: Path, preset: str) -> None:
     for i, which in enumerate(TEMPLATE_SETS):
         ax.bar(np.arange(10) + (i - 1) * width, result["per_class"][which], width,
                label=f"{LABELS[which]}: {result['accuracy'][which]:.3f}")
-    ax.axhline(0.1, color="0.5", linestyle="--", label="chance (1/10)")
+    ax.axhline(0.1, color="0.5", linestyle="--", label="随机猜测 (1/10)")
     ax.set_xticks(range(10))
-    ax.set_xlabel("digit")
-    ax.set_ylabel("zero-shot accuracy")
+    ax.set_xlabel("数字")
+    ax.set_ylabel("零样本准确率")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     save(fig, out / "clip_zero_shot.svg")
 
     acc, n = result["accuracy"], result["n"]

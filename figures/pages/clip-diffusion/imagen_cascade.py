@@ -10,7 +10,7 @@ from refimpl.imagen import high_res
 from refimpl.plots import image_grid, save
 
 PAGE = "clip-diffusion/imagen.md"
-OUTPUTS = ("imagen_cascade.png",)
+OUTPUTS = ("imagen_cascade.svg",)
 
 
 def make(out: Path, preset: str) -> None:
@@ -22,6 +22,7 @@ def make(out: Path, preset: str) -> None:
 
     rows = [nearest(s["w3_dynamic"][first]), s["sr_noaug"][first], s["sr_aug"][first],
             nearest(s["real_low"][first]), high_res(s["real_low"][first]), s["real_aug"][first]]
-    titles = ["8x8", "SR", "SR+aug", "real", "truth", "SR+aug"]
+    titles = ["生成 8×8", "超分", "超分+增强", "真实 8×8", "真值", "超分+增强"]
     grid = torch.stack(rows).transpose(0, 1)  # columns: the six rows above; one row per digit caption 0..9
-    save(image_grid(grid, column_titles=titles, size=0.8), out / "imagen_cascade.png")
+    fig = image_grid(grid, column_titles=titles, size=0.9)
+    save(fig, out / "imagen_cascade.svg")

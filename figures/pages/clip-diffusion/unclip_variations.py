@@ -10,7 +10,7 @@ from figures.zoo.unclip import SEEDS, T_LEVELS, comparison
 from refimpl.plots import image_grid, save
 
 PAGE = "clip-diffusion/unclip.md"
-OUTPUTS = ("unclip_variations.png",)
+OUTPUTS = ("unclip_variations.svg",)
 DIGITS = (0, 2, 3, 5, 7, 9)  # one row per digit: its first held-out example
 
 
@@ -23,5 +23,6 @@ def make(out: Path, preset: str) -> None:
         row = [samples["inputs"][i], *(samples[f"var_{s}"][i] for s in SEEDS),
                *(samples[f"i2i_{t}_0"][i] for t in T_LEVELS)]
         rows.append(torch.stack(row))
-    titles = ["input", *(f"var. {s + 1}" for s in SEEDS), *(f"i2i {t}" for t in T_LEVELS)]
-    save(image_grid(torch.stack(rows), column_titles=titles, size=0.9), out / "unclip_variations.png")
+    titles = ["输入", *(f"变体 {s + 1}" for s in SEEDS), *(f"图生图\nt = {t}" for t in T_LEVELS)]
+    fig = image_grid(torch.stack(rows), column_titles=titles, size=0.9)
+    save(fig, out / "unclip_variations.svg")

@@ -25,8 +25,9 @@ def make(out: Path, preset: str) -> None:
     density = mixture.log_prob(torch.stack([xx.flatten(), yy.flatten()], 1)).exp().reshape(200, 200)
     fig, (ax_true, ax_samples) = subplots(1, 2, figsize=(7, 3.5))
     ax_true.contourf(xx, yy, density, levels=20, cmap="Blues")
-    ax_true.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[], title=r"true density $p(\mathbf{x}_0)$")
+    # Chinese and mathtext do not mix in one text (mathtext has no CJK glyphs): the symbols are Unicode here
+    ax_true.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[], title="真实密度 p(x₀)")
     ax_samples.contour(xx, yy, density, levels=8, colors="0.7", linewidths=0.5)
-    scatter_2d(x0, ax=ax_samples, s=1.5, lim=lim, title=r"Algorithm 2 with exact $\epsilon^*$")
+    scatter_2d(x0, ax=ax_samples, s=1.5, lim=lim, title="算法 2，闭式最优 ε*")
     fig.tight_layout()
     save(fig, out / "ddpm_exact_eps.svg")

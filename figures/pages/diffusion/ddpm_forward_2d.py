@@ -22,6 +22,8 @@ def make(out: Path, preset: str) -> None:
     fig, axes = subplots(2, 3, figsize=(7, 5), sharex=True, sharey=True)
     for ax, t in zip(axes.flatten(), STEPS):
         x_t = q_sample(x0, torch.full((len(x0),), t), eps, schedule)
-        scatter_2d(x_t, ax=ax, title=rf"$t={t + 1}$, $\bar\alpha_t={schedule.alpha_bar[t]:.3f}$")
+        scatter_2d(x_t, ax=ax)
+        # 11 pt: mathtext draws subscripts at 70%, which must stay legible
+        ax.set_title(rf"$t={t + 1}$, $\bar\alpha_t={schedule.alpha_bar[t]:.3f}$", fontsize=11)
     fig.tight_layout()
     save(fig, out / "ddpm_forward_2d.svg")

@@ -10,7 +10,7 @@ from refimpl.schedules import q_sample
 from refimpl.schedules import make_schedule
 
 PAGE = "diffusion/ddpm.md"
-OUTPUTS = ("ddpm_forward_digits.png",)
+OUTPUTS = ("ddpm_forward_digits.svg",)
 STEPS = (0, 25, 50, 100, 200, 300, 500, 700, 999)  # code timesteps
 
 
@@ -23,4 +23,4 @@ def make(out: Path, preset: str) -> None:
     columns = [q_sample(x0, torch.full((len(x0),), t), eps, schedule) for t in STEPS]
     grid = torch.stack(columns, dim=1)  # (rows, columns, 1, 8, 8)
     fig = image_grid(grid, column_titles=[f"t={t + 1}" for t in STEPS])
-    save(fig, out / "ddpm_forward_digits.png")
+    save(fig, out / "ddpm_forward_digits.svg")

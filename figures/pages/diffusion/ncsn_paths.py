@@ -15,6 +15,7 @@ SHOWN = (0, 3, 6, 9)  # code level indices after which the cloud is drawn
 CHAINS = 6
 FROM = 3  # code level index from which the chains are drawn
 LIM = 3.5
+SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")  # Unicode: mathtext has no CJK glyphs
 
 
 def make(out: Path, preset: str) -> None:
@@ -30,12 +31,12 @@ def make(out: Path, preset: str) -> None:
     axis = torch.linspace(-LIM, LIM, 200, dtype=torch.float64)
     gx, gy = torch.meshgrid(axis, axis, indexing="xy")
     density = mixture.log_prob(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)).exp().reshape(gx.shape)
-    fig, axes = subplots(1, len(SHOWN), figsize=(3.2 * len(SHOWN), 3.4))
-    for ax, i in zip(axes, SHOWN):
+    fig, axes = subplots(2, 2, figsize=(6.4, 6.8))
+    for ax, i in zip(axes.flatten(), SHOWN):
         ax.contour(gx.numpy(), gy.numpy(), density.numpy(), levels=6, colors="0.6", linewidths=0.6)
         scatter_2d(after[i + 1], ax=ax, s=1.5, lim=LIM)
         for c in range(CHAINS):  # each chain from the end of level FROM + 1 on (before, its steps are longer)
             ax.plot(paths[FROM + 1: i + 2, c, 0], paths[FROM + 1: i + 2, c, 1], "-o", color=f"C{c + 1}", ms=3, lw=1.2)
-        ax.set_title(rf"after level {i + 1}: $\sigma_{{{i + 1}}} = {sigmas[i].item():.3g}$")
+        ax.set_title(f"第 {i + 1} 级结束：σ{str(i + 1).translate(SUBSCRIPT)} = {sigmas[i].item():.3g}")
     fig.tight_layout()
     save(fig, out / "ncsn_paths.svg")

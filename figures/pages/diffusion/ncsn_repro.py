@@ -76,16 +76,16 @@ def make(out: Path, preset: str) -> None:
     modes, mix = two_modes(), mixture_2d_runs()
     sw, samples, data = learned(preset)
 
-    fig, axes = subplots(1, 3, figsize=(9.6, 3.4))
-    titles = {"exact": "exact samples", "plain": "Langevin, smallest σ only", "annealed": "annealed Langevin"}
+    fig, axes = subplots(1, 3, figsize=(7, 3))
+    titles = {"exact": "精确采样", "plain": "只在最小 σ 上做朗之万", "annealed": "退火朗之万"}
     for ax, (name, (x, weight)) in zip(axes, modes.items()):
-        scatter_2d(x, ax=ax, s=1.5, lim=9.5, title=f"{titles[name]}\nweight of the (5, 5) mode: {weight:.3f}")
+        scatter_2d(x, ax=ax, s=1.5, lim=9.5, title=f"{titles[name]}\n(5, 5) 模式的权重 {weight:.3f}")
     fig.tight_layout()
     save(fig, out / "ncsn_mixing.svg")
 
     fig, axes = subplots(1, 2, figsize=(6.4, 3.4))
-    scatter_2d(data, ax=axes[0], lim=2.8, title="swiss roll (data)")
-    scatter_2d(samples, ax=axes[1], lim=2.8, title=f"NCSN, Algorithm 1 ({preset})")
+    scatter_2d(data, ax=axes[0], lim=2.8, title="瑞士卷（数据）")
+    scatter_2d(samples, ax=axes[1], lim=2.8, title=f"NCSN，算法 1（{preset}）")
     fig.tight_layout()
     save(fig, out / "ncsn_samples_2d.svg")
 

@@ -26,8 +26,8 @@ def make(out: Path, preset: str) -> None:
     arrows = torch.linspace(-LIM + 0.4, LIM - 0.4, 17, dtype=torch.float64)
     ax_, ay_ = torch.meshgrid(arrows, arrows, indexing="xy")
     points = torch.stack([ax_.reshape(-1), ay_.reshape(-1)], 1)
-    fig, axes = subplots(1, len(LEVELS), figsize=(3.2 * len(LEVELS), 3.4))
-    for ax, i in zip(axes, LEVELS):
+    fig, axes = subplots(2, 2, figsize=(6.4, 6.8))
+    for ax, i in zip(axes.flatten(), LEVELS):
         sigma = sigmas[i].item()
         noised = mixture.noised(1.0, sigma)
         density = noised.log_prob(grid).exp().reshape(gx.shape)
@@ -37,6 +37,6 @@ def make(out: Path, preset: str) -> None:
         direction = score / score.norm(dim=1, keepdim=True)  # unit arrows: the direction only
         ax.quiver(points[:, 0], points[:, 1], direction[:, 0], direction[:, 1], color="C0", angles="xy",
                   scale_units="xy", scale=3.0, width=0.004)
-        ax.set_title(rf"$\sigma_{{{i + 1}}} = {sigma:.3g}$")
+        ax.set_title(rf"$\sigma_{{{i + 1}}} = {sigma:.3g}$", fontsize=11)  # 11 pt: mathtext draws subscripts at 70%
     fig.tight_layout()
     save(fig, out / "ncsn_scores.svg")

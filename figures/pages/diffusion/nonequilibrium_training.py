@@ -25,14 +25,15 @@ def make(out: Path, preset: str) -> None:
     ceiling = swissroll_log_density(data).mean().item() / math.log(2)
     window = 20
     smooth = np.convolve(-minus_k, np.ones(window) / window, mode="valid")
-    fig, ax = subplots(figsize=(6.4, 4))
-    ax.plot(steps, -minus_k, color="C3", alpha=0.25, lw=0.8, label="K estimate (mean of 10 steps' batches)")
-    ax.plot(steps[window - 1:], smooth, color="C3", lw=1.8, label=f"running mean over {window * 10} steps")
-    ax.axhline(null, color="C0", ls="--", label=f"$L_{{null}}$, isotropic Gaussian: {null:.2f} bits")
-    ax.axhline(ceiling, color="k", ls=":", label=f"exact $E\\log_2 q(x^{{(0)}})$ of the data: {ceiling:.2f} bits")
-    ax.set(xlabel="training step", ylabel="bits per point", ylim=(null - 2, ceiling + 0.5),
-           title="swiss roll: the bound K (Eq. 14) during training")
-    ax.legend(fontsize=8, loc="lower right")
+    fig, ax = subplots(figsize=(6.8, 4.2))
+    # Unicode symbols: mathtext has no CJK glyphs
+    ax.plot(steps, -minus_k, color="C3", alpha=0.25, lw=0.8, label="K 的估计（10 步批次的平均）")
+    ax.plot(steps[window - 1:], smooth, color="C3", lw=1.8, label=f"{window * 10} 步滑动平均")
+    ax.axhline(null, color="C0", ls="--", label=f"L_null，各向同性高斯：{null:.2f} bits")
+    ax.axhline(ceiling, color="k", ls=":", label=f"数据的精确 E log₂ q(x⁽⁰⁾)：{ceiling:.2f} bits")
+    ax.set(xlabel="训练步数", ylabel="bits / 点", ylim=(null - 2, ceiling + 0.5),
+           title="瑞士卷：训练中的下界 K（式 14）")
+    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save(fig, out / "nonequilibrium_training.svg")

@@ -28,15 +28,17 @@ def make(out: Path, preset: str) -> None:
             _, variance = kernel(x_t, code)
             quantiles.append(torch.quantile(variance.flatten(), torch.tensor([0.1, 0.5, 0.9])))
     q = torch.stack(quantiles)
-    fig, ax = subplots(figsize=(6.4, 4))
+    fig, ax = subplots(figsize=(6.8, 4.4))
+    # Unicode symbols: mathtext has no CJK glyphs
     ax.fill_between(paper_t, q[:, 0], q[:, 2], color="C3", alpha=0.25, lw=0,
-                    label=r"learned $f_\Sigma$: 10%-90% over $x^{(t)} \sim q$")
-    ax.plot(paper_t, q[:, 1], "o-", color="C3", ms=3, label=r"learned $f_\Sigma$: median")
-    ax.plot(paper_t, schedule.betas[1:], "--", color="C0", label=r"forward $\beta_t$")
-    ax.plot(paper_t, schedule.beta_tilde[1:], ":", color="k", label=r"posterior $\tilde\beta_t$ of $q(x^{(t-1)}|x^{(t)},x^{(0)})$")
-    ax.set(yscale="log", xlabel="t (the paper's numbering; t = 1 is fixed)", ylabel="variance per coordinate",
-           title="reverse-kernel variance, swiss roll, T = %d" % schedule.T)
-    ax.legend(fontsize=8)
+                    label="学到的 f_Σ：x⁽ᵗ⁾ ~ q 上的 10%–90% 区间")
+    ax.plot(paper_t, q[:, 1], "o-", color="C3", ms=3, label="学到的 f_Σ：中位数")
+    ax.plot(paper_t, schedule.betas[1:], "--", color="C0", label="前向 βₜ")
+    ax.plot(paper_t, schedule.beta_tilde[1:], ":", color="k", label="q(x⁽ᵗ⁻¹⁾ | x⁽ᵗ⁾, x⁽⁰⁾) 的后验方差 β̃ₜ")
+    ax.set(yscale="log", xlabel="t（论文的编号；t = 1 固定）", ylabel="每个坐标的方差",
+           title="反向核的方差，瑞士卷，T = %d" % schedule.T)
+    ax.tick_params(axis="y", which="both", labelsize=11)  # 11 pt: the powers of ten are mathtext
+    ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, out / "nonequilibrium_variance.svg")

@@ -49,14 +49,14 @@ def make(out: Path, preset: str) -> None:
     x_T = torch.randn(PATHS, 1, generator=generator, dtype=torch.float64)
     fwd_t = EPS + np.arange(STEPS + 1) * (1 - EPS) / STEPS
     rev_t = fwd_t[::-1]
-    panels = (("forward SDE (data -> noise)", forward_paths(sde, x0, generator), fwd_t),
-              ("reverse SDE (noise -> data)", reverse_paths(em_sample, model, sde, x_T, generator), rev_t),
-              ("probability-flow ODE", reverse_paths(ode_sample, model, sde, x_T, generator), rev_t))
-    fig, axes = subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    panels = (("前向 SDE（数据 → 噪声）", forward_paths(sde, x0, generator), fwd_t),
+              ("反向 SDE（噪声 → 数据）", reverse_paths(em_sample, model, sde, x_T, generator), rev_t),
+              ("概率流 ODE", reverse_paths(ode_sample, model, sde, x_T, generator), rev_t))
+    fig, axes = subplots(1, 3, figsize=(7, 2.9), sharey=True)
     for ax, (title, paths, t) in zip(axes, panels):
         ax.imshow(density, origin="lower", aspect="auto", extent=(EPS, 1, -3.5, 3.5), cmap="Blues")
         ax.plot(t, paths, color="C3" if "SDE" in title else "C1", lw=0.8, alpha=0.9)
-        ax.set(title=title, xlabel="t", xlim=(0, 1))
+        ax.set(title=title, xlabel="t", xlim=(0, 1), xticks=(0, 0.5, 1))
     axes[0].set_ylabel("x")
-    fig.tight_layout()
+    fig.tight_layout(w_pad=1.5)  # keeps "1.0" of one panel clear of "0.0" of the next
     save(fig, out / "sde_flow_1d.svg")

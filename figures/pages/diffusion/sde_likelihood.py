@@ -74,14 +74,15 @@ def make(out: Path, preset: str) -> None:
     model, exact = exact_score(mixture, sde), mixture.noised(*map(float, sde.marginal(1e-5))).log_prob(x)
     est = log_likelihood(model, x, sde, eps=1e-5)
     hutch = log_likelihood(model, x, sde, eps=1e-5, divergence="hutchinson", generator=_gen(6))
-    fig, ax = subplots(figsize=(5, 4.5))
+    fig, ax = subplots(figsize=(5.6, 5))
     lims = (float(exact.min()) - 0.5, float(exact.max()) + 0.5)
     ax.plot(lims, lims, color="0.6", lw=1)
-    ax.scatter(exact, hutch, s=14, color="C1", label="PF-ODE, Hutchinson (one Rademacher probe)")
-    ax.scatter(exact, est, s=14, color="C0", marker="x", label="PF-ODE, exact divergence")
-    ax.set(xlabel=r"exact $\log p_\epsilon(x)$ (nats)", ylabel="estimate (nats)", xlim=lims, ylim=lims,
-           title="VP SDE, exact score, 64 test points of the 2-D mixture")
-    ax.legend(fontsize=7)
+    ax.scatter(exact, hutch, s=14, color="C1", label="PF-ODE，Hutchinson（一个 Rademacher 探针）")
+    ax.scatter(exact, est, s=14, color="C0", marker="x", label="PF-ODE，精确散度")
+    # p_ε as the page writes it: mathtext has no CJK glyphs
+    ax.set(xlabel="p_ε 的精确对数密度 (nats)", ylabel="PF-ODE 估计 (nats)", xlim=lims, ylim=lims,
+           title="VP SDE，精确分数，二维混合的 64 个测试点")
+    ax.legend()
     fig.tight_layout()
     save(fig, out / "sde_likelihood.svg")
 

@@ -22,21 +22,27 @@ def make(out: Path, preset: str) -> None:
     i = np.arange(1, N + 1)
     t = torch.tensor(i / N, dtype=torch.float64)
     mean_coef, std = vp.marginal(t)
-    fig, (ax_vp, ax_ve, ax_paths) = subplots(1, 3, figsize=(14, 3.8))
-    ax_vp.plot(i, schedule.alpha_bar.sqrt(), color="C0", lw=3, alpha=0.4, label=r"DDPM $\sqrt{\bar\alpha_i}$")
-    ax_vp.plot(i, (1 - schedule.alpha_bar).sqrt(), color="C1", lw=3, alpha=0.4, label=r"DDPM $\sqrt{1-\bar\alpha_i}$")
-    ax_vp.plot(i, mean_coef, "--", color="C0", lw=1, label="VP SDE mean coef. at t = i/N")
-    ax_vp.plot(i, std, "--", color="C1", lw=1, label="VP SDE std at t = i/N")
-    ax_vp.set(xlabel="step i (t = i/N)", title="DDPM chain vs VP SDE kernel")
-    ax_vp.legend(fontsize=7)
+    fig, axes = subplots(2, 2, figsize=(7, 6.4))
+    ax_vp, ax_ve = axes[0]
+    for ax in axes[1]:
+        ax.remove()
+    ax_paths = fig.add_subplot(axes[0, 0].get_gridspec()[1, :])  # the paths span the bottom row
+    # Unicode symbols: mathtext has no CJK glyphs, and its radical sign needs a STIX font the reader may lack
+    ax_vp.plot(i, schedule.alpha_bar.sqrt(), color="C0", lw=3, alpha=0.4, label="DDPM √ᾱᵢ")
+    ax_vp.plot(i, (1 - schedule.alpha_bar).sqrt(), color="C1", lw=3, alpha=0.4, label="DDPM √(1 − ᾱᵢ)")
+    ax_vp.plot(i, mean_coef, "--", color="C0", lw=1, label="VP SDE 均值系数，t = i/N")
+    ax_vp.plot(i, std, "--", color="C1", lw=1, label="VP SDE 标准差，t = i/N")
+    ax_vp.set(xlabel="步 i（t = i/N）", title="DDPM 链 vs VP SDE 的核")
+    ax_vp.legend()
 
     levels = 10  # NCSN: geometric sigma_1 > ... > sigma_L, here on the VE SDE's range
     sigmas = np.exp(np.linspace(math.log(0.01), math.log(50.0), levels))
     tt = torch.linspace(0, 1, 200, dtype=torch.float64)
     ax_ve.plot(tt, ve.sigma(tt), color="C2", label=r"VE SDE $\sigma(t)$")
-    ax_ve.plot(np.linspace(0, 1, levels), sigmas, "o", color="C3", ms=4, label=r"geometric $\sigma_i$, 10 levels")
-    ax_ve.set(yscale="log", xlabel="t", title="SMLD noise levels vs VE SDE")
-    ax_ve.legend(fontsize=7)
+    ax_ve.plot(np.linspace(0, 1, levels), sigmas, "o", color="C3", ms=4, label="几何噪声尺度 σᵢ，10 级")
+    ax_ve.set(yscale="log", xlabel="t", title="SMLD 噪声尺度 vs VE SDE")
+    ax_ve.tick_params(axis="y", which="both", labelsize=11)  # 11 pt: mathtext draws the powers of ten at 70%
+    ax_ve.legend()
 
     generator = torch.Generator().manual_seed(0)
     x0 = torch.tensor([-1.5, 0.3, 1.8], dtype=torch.float64)
@@ -50,6 +56,6 @@ def make(out: Path, preset: str) -> None:
     for j in range(3):
         ax_paths.plot(np.stack(chain)[:, j], color=f"C{j}", lw=2.5, alpha=0.35)
         ax_paths.plot(np.stack(em)[:, j], "--", color=f"C{j}", lw=0.8)
-    ax_paths.set(xlabel="step i", title="DDPM chain (thick) vs Euler-Maruyama on VP SDE (dashed), same z")
+    ax_paths.set(xlabel="步 i", title="DDPM 链（粗线）vs VP SDE 的 Euler-Maruyama（虚线），同一组 z")
     fig.tight_layout()
     save(fig, out / "sde_unify.svg")

@@ -11,7 +11,7 @@ from refimpl.ddpm import load_for_sampling
 from refimpl.plots import image_grid, save
 
 PAGE = "efficient-sampling/ddim.md"
-OUTPUTS = ("ddim_interpolation.png",)
+OUTPUTS = ("ddim_interpolation.svg",)
 ALPHAS = torch.linspace(0, 1, 9).tolist()
 
 
@@ -24,5 +24,5 @@ def make(out: Path, preset: str) -> None:
         z0, z1 = torch.randn(2, *shape, generator=generator)
         x_T = torch.stack([slerp(z0, z1, a) for a in ALPHAS]).to(device)
         rows.append(ddim_sample(model, x_T, schedule, steps=50, eta=0.0, disable=True).cpu())
-    fig = image_grid(torch.stack(rows), column_titles=[f"{a:.2f}" for a in ALPHAS])
-    save(fig, out / "ddim_interpolation.png")
+    fig = image_grid(torch.stack(rows), column_titles=[f"{a:.2f}" for a in ALPHAS], size=0.7)
+    save(fig, out / "ddim_interpolation.svg")

@@ -18,7 +18,7 @@ def make(out: Path, preset: str) -> None:
     model, schedule, _ = load_for_sampling(ddpm_checkpoint("swissroll", preset), "cpu")
     x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
     fig, axes = subplots(1, 2, figsize=(8, 4))
-    for ax, name in zip(axes, ("DDIM, eta=0, 50 steps", "DDPM, 1000 steps (every 20th shown)")):
+    for ax, name in zip(axes, ("DDIM，η = 0，50 步", "DDPM，1000 步（每 20 步取一次）")):
         path = [x_T[:PATHS]]
 
         def keep(t, x, x0_pred):

@@ -22,7 +22,6 @@ PAGE = "efficient-sampling/iddpm.md"
 OUTPUTS = ("iddpm_vlb_terms.svg", "iddpm_variance.svg", "iddpm_nll.md", "iddpm_nll.json")
 RUNS = (("DDPM（线性）, fixed_small", "ddpm_fixed_small"), ("DDPM（线性）, fixed_large", "ddpm_fixed_large"),
         ("iDDPM（线性）, learned", "iddpm-linear_learned"), ("iDDPM（余弦）, learned", "iddpm_learned"))
-LEGEND = {label: label.replace("（线性）", " (linear)").replace("（余弦）", " (cosine)") for label, _ in RUNS}
 FRAC_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 999)  # denser where beta and beta_tilde differ
 
 
@@ -49,28 +48,32 @@ def make(out: Path, preset: str) -> None:
     fig, ax = subplots(figsize=(6.5, 3.8))
     t = torch.arange(1, 1001)
     for i, (label, _) in enumerate(RUNS):
-        ax.plot(t, results[label].terms.mean(0).float().cpu(), color=f"C{i}", lw=1.2, label=LEGEND[label])
-    ax.set(xscale="log", yscale="log", xlabel="paper timestep t (code t + 1)", ylabel="bits/dim",
-           title=rf"Terms of the bound, mean over {N_NLL} digits ($L_0$ at t = 1)")
+        ax.plot(t, results[label].terms.mean(0).float().cpu(), color=f"C{i}", lw=1.2, label=label)
+    ax.set(xscale="log", yscale="log", xlabel="论文时间步 t（代码 t + 1）", ylabel="bits/dim")
+    ax.set_title(f"变分界各项，{N_NLL} 张 digits 的平均（t = 1 处是 L₀）")  # no mathtext: it cannot draw Chinese
+    # 11 pt: mathtext (subscripts, the log axis's powers of ten) draws scripts at 70%
+    ax.tick_params(which="both", labelsize=11)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, out / "iddpm_vlb_terms.svg")
 
     fractions = learned_fraction(iddpm_checkpoint("digits", preset), pick_device())
-    fig, (ax_ratio, ax_frac) = subplots(1, 2, figsize=(10, 3.6))
-    for name, color in (("linear", "C0"), ("cosine", "C1")):
+    fig, (ax_ratio, ax_frac) = subplots(1, 2, figsize=(7, 3.6))
+    for name, label, color in (("linear", "线性", "C0"), ("cosine", "余弦", "C1")):
         schedule = make_schedule(name, 1000)
-        ax_ratio.plot(t, (schedule.beta_tilde / schedule.betas), color=color, label=name)
-    ax_ratio.set(xscale="log", xlabel="paper timestep t", ylabel=r"$\tilde\beta_t / \beta_t$",
-                 title=r"The two fixed variances, T = 1000")
+        ax_ratio.plot(t, (schedule.beta_tilde / schedule.betas), color=color, label=label)
+    ax_ratio.set(xscale="log", xlabel="论文时间步 t", title=r"两种固定方差之比，T = 1000")
+    ax_ratio.set_ylabel(r"$\tilde\beta_t / \beta_t$", fontsize=11)
     steps = [s + 1 for s in FRAC_STEPS]
     lo, mean, hi = zip(*(fractions[s] for s in FRAC_STEPS))
-    ax_frac.fill_between(steps, lo, hi, color="C1", alpha=0.25, label="10-90% of pixels")
-    ax_frac.plot(steps, mean, "o-", color="C1", ms=3, label="mean")
-    ax_frac.set(ylim=(-0.05, 1.05), xscale="log", xlabel="paper timestep t", ylabel=r"frac (1 = $\beta_t$, 0 = $\tilde\beta_t$)",
-                title="Learned interpolation of the digits iDDPM (cosine)")
+    ax_frac.fill_between(steps, lo, hi, color="C1", alpha=0.25, label="10%–90% 的像素")
+    ax_frac.plot(steps, mean, "o-", color="C1", ms=3, label="平均")
+    ax_frac.set(ylim=(-0.05, 1.05), xscale="log", xlabel="论文时间步 t", title="digits iDDPM（余弦）\n学到的插值比例")
+    ax_frac.set_ylabel(r"frac (1 = $\beta_t$, 0 = $\tilde\beta_t$)", fontsize=11)
     for ax in (ax_ratio, ax_frac):
+        # 11 pt: mathtext (subscripts, the log axis's powers of ten) draws scripts at 70%
+        ax.tick_params(which="both", labelsize=11)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()

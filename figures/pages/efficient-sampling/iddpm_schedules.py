@@ -34,19 +34,23 @@ def kl_prior_to_marginal(alpha_bar: float, z: torch.Tensor) -> float:
 
 def make(out: Path, preset: str) -> None:
     z = torch.randn(N, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fig, (ax_bar, ax_kl) = subplots(1, 2, figsize=(9, 3.6))
-    for name, color in (("linear", "C0"), ("cosine", "C1")):
+    fig, (ax_bar, ax_kl) = subplots(1, 2, figsize=(7, 3.6))
+    for name, label, color in (("linear", "线性", "C0"), ("cosine", "余弦", "C1")):
         schedule = make_schedule(name, 1000)
         T = schedule.T
-        ax_bar.plot(torch.arange(1, T + 1) / T, schedule.alpha_bar, color=color, label=name)
+        ax_bar.plot(torch.arange(1, T + 1) / T, schedule.alpha_bar, color=color, label=label)
         starts = [round((1 - f) * T) - 1 for f in FRACTIONS]  # code timestep where sampling starts
         kls = [kl_prior_to_marginal(float(schedule.alpha_bar[t]), z) for t in starts]
-        ax_kl.plot([100 * f for f in FRACTIONS], kls, "o-", color=color, label=name)
-    ax_bar.set(xlabel="t / T", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$, T = 1000")
-    ax_kl.set(xlabel="reverse steps skipped (% of T, the noisiest first)", yscale="log",
-              ylabel=r"KL$(\mathcal{N}(0, I)\,\|\,q_t)$ (nats)",
-              title="Cost of starting at t = (1 - f) T (2-D mixture)")
+        ax_kl.plot([100 * f for f in FRACTIONS], kls, "o-", color=color, label=label)
+    # 11 pt: mathtext (subscripts, the log axis's powers of ten) draws scripts at 70%
+    ax_bar.set_xlabel("t / T")
+    ax_bar.set_ylabel(r"$\bar\alpha_t$", fontsize=11)
+    ax_bar.set_title(r"$\bar\alpha_t$, T = 1000", fontsize=11)
+    ax_kl.set(xlabel="跳过最嘈杂的 f（占 T 的 %）", yscale="log",
+              title="从 t = (1 − f) T 起步的代价\n（二维高斯混合）")
+    ax_kl.set_ylabel(r"KL$(\mathrm{N}(0, I)\,\|\,q_t)$ (nats)", fontsize=11)
     for ax in (ax_bar, ax_kl):
+        ax.tick_params(which="both", labelsize=11)
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -1,5 +1,5 @@
 """Strided sampling (improved DDPM Sec. 4): the same x_T with 25, 50, 100 and 1000 respaced steps, learned
-variance (iDDPM) against DDPM's fixed variances. Draws iddpm_strided.png; writes iddpm_strided.md/.json
+variance (iDDPM) against DDPM's fixed variances. Draws iddpm_strided.svg; writes iddpm_strided.md/.json
 (digits classifier score of N = 128 samples for every model and step count).
 
 DDPM with fixed_small at all 1000 steps is Algorithm 2 itself, drawn from the same seed (so the same x_T):
@@ -21,7 +21,7 @@ from refimpl.iddpm import sample_from_checkpoint
 from refimpl.plots import image_grid, save
 
 PAGE = "efficient-sampling/iddpm.md"
-OUTPUTS = ("iddpm_strided.png", "iddpm_strided.md", "iddpm_strided.json")
+OUTPUTS = ("iddpm_strided.svg", "iddpm_strided.md", "iddpm_strided.json")
 STEPS = (25, 50, 100, 1000)
 RUNS = (("iDDPM, learned", "iddpm", "learned"), ("DDPM, fixed_small", "ddpm", "fixed_small"),
         ("DDPM, fixed_large", "ddpm", "fixed_large"))
@@ -42,8 +42,8 @@ def make(out: Path, preset: str) -> None:
     samples = {(label, steps): draw(kind, variance, steps) for label, kind, variance in RUNS for steps in STEPS}
     shown = [key for key in samples if key[0] != "DDPM, fixed_large"]
     fig = image_grid(torch.stack([samples[key][:COLUMNS] for key in shown]),
-                     row_titles=[f"{label.split(',')[0]}\n{steps} steps" for label, steps in shown])
-    save(fig, out / "iddpm_strided.png")
+                     row_titles=[f"{label.split(',')[0]}，{steps} 步" for label, steps in shown], size=0.6)
+    save(fig, out / "iddpm_strided.svg")
 
     scores = {label: {steps: evaluate(samples[(label, steps)]).classifier_score for steps in STEPS}
               for label, *_rest in RUNS}

@@ -11,7 +11,7 @@ from refimpl.plots import image_grid, save
 from refimpl.solvers import SAMPLERS, nfe
 
 PAGE = "efficient-sampling/solvers.md"
-OUTPUTS = ("solvers_digits.png",)
+OUTPUTS = ("solvers_digits.svg",)
 ROWS = (("DDIM", "ddim", "uniform", 10), ("DPM-Solver++(2M)", "dpmpp-2m", "karras", 10), ("EDM Heun", "heun", "karras", 5))
 COLUMNS = 12
 
@@ -24,5 +24,6 @@ def make(out: Path, preset: str) -> None:
     rows = [SAMPLERS[name].sample(model, x_T, schedule, steps=steps, spacing=spacing, disable=True).cpu()
             for _, name, spacing, steps in ROWS]
     rows.append(ddpm_samples("digits", preset, n=256)["x0"][:COLUMNS])
-    titles = [f"{label}\nNFE {nfe(name, steps)}" for label, name, _, steps in ROWS] + ["DDPM\nNFE 1000"]
-    save(image_grid(torch.stack(rows), row_titles=titles), out / "solvers_digits.png")
+    titles = [f"{label}，NFE {nfe(name, steps)}" for label, name, _, steps in ROWS] + ["DDPM，NFE 1000"]
+    fig = image_grid(torch.stack(rows), row_titles=titles, size=0.5)
+    save(fig, out / "solvers_digits.svg")

@@ -75,20 +75,22 @@ def digits(preset: str) -> dict:
 
 def make(out: Path, preset: str) -> None:
     cf, tr = closed_form(), trained_2d(preset)
-    fig, (ax_cf, ax_tr) = subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_cf, ax_tr) = subplots(2, 1, figsize=(7, 7.6))
     for i, (label, sampler, *_rest) in enumerate(RUNS):
         xs = sorted(cf["curves"][label])
         ax_cf.plot(xs, [cf["curves"][label][x] for x in xs], STYLE[sampler], color=f"C{i}", ms=4, label=label)
         if label in tr:
             ax_tr.plot(xs, [tr[label][x] for x in xs], STYLE[sampler], color=f"C{i}", ms=4, label=label)
-    ax_cf.axhline(cf["ddpm_1000"], color="0.3", ls="--", lw=1, label="DDPM, 1000 steps")
-    ax_cf.axhline(cf["floor"], color="0.6", ls=":", lw=1, label="Monte Carlo standard error")
-    ax_cf.set(ylabel=r"$|\mathbb{E}\log p(x_{gen}) - \mathbb{E}\log p(x_{data})|$ (nats)",
-              title="Exact noise prediction of a Gaussian mixture")
-    ax_tr.set(ylabel="mean distance to the model's own ODE solution", title="Trained swiss-roll model (quick)")
+    ax_cf.axhline(cf["ddpm_1000"], color="0.3", ls="--", lw=1, label="DDPM，1000 步")
+    ax_cf.axhline(cf["floor"], color="0.6", ls=":", lw=1, label="蒙特卡洛标准误差")
+    # 11 pt: mathtext (subscripts, the log axis's powers of ten) draws scripts at 70%
+    ax_cf.set_ylabel(r"$|\mathrm{E}\log p(x_{gen}) - \mathrm{E}\log p(x_{data})|$ (nats)", fontsize=11)
+    ax_cf.set_title("高斯混合的闭式最优噪声预测")
+    ax_tr.set(ylabel="到模型自身 ODE 解的平均距离", title="训练好的瑞士卷模型（quick）")
     for ax in (ax_cf, ax_tr):
-        ax.set(xscale="log", yscale="log", xlabel="model evaluations (NFE)")
-        ax.legend(fontsize=7)
+        ax.set(xscale="log", yscale="log", xlabel="网络调用次数 (NFE)")
+        ax.tick_params(which="both", labelsize=11)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, out / "solvers_nfe.svg")

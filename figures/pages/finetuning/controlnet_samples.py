@@ -9,9 +9,9 @@ from figures.zoo.controlnet import controlnet_samples
 from refimpl.plots import image_grid, save
 
 PAGE = "finetuning/controlnet.md"
-OUTPUTS = ("controlnet_samples.png",)
+OUTPUTS = ("controlnet_samples.svg",)
 COLUMNS = 10
-ROWS = (("maps", "edges"), ("zero", "base"), ("empty", "empty"), ("mismatched_1", "s=1"), ("mismatched_3", "s=3"))
+ROWS = (("maps", "边缘图"), ("zero", "原模型"), ("empty", "空描述"), ("mismatched_1", "s=1"), ("mismatched_3", "s=3"))
 
 
 def make(out: Path, preset: str) -> None:
@@ -19,5 +19,5 @@ def make(out: Path, preset: str) -> None:
     samples = {**samples, "maps": samples["maps"] * 2 - 1}  # [0, 1] edge strength shown on the [-1, 1] scale
     grid = torch.stack([samples[key][:COLUMNS] for key, _ in ROWS])
     titles = [str(int(k)) for k in samples["labels"][:COLUMNS]]
-    fig = image_grid(grid, column_titles=titles, row_titles=[title for _, title in ROWS], size=0.8)
-    save(fig, out / "controlnet_samples.png")
+    fig = image_grid(grid, column_titles=titles, row_titles=[title for _, title in ROWS], size=0.66)
+    save(fig, out / "controlnet_samples.svg")

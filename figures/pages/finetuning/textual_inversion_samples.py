@@ -7,9 +7,10 @@ from figures.lib.grids import subject_grid
 from figures.zoo.textual_inversion import PUSHED, evaluation
 
 PAGE = "finetuning/textual-inversion.md"
-OUTPUTS = ("textual_inversion_samples.png",)
-ROWS = (("plain", "base: three"), ("word", "s*"), ("pushed", f"s*, lr {PUSHED['lr']:g}"))
+OUTPUTS = ("textual_inversion_samples.svg",)
+# "three" and "s*" are the prompt's own words ("the digit three", "the digit s*")
+ROWS = (("plain", "冻结模型：three"), ("word", "s*"), ("pushed", f"s*，学习率 {PUSHED['lr']:g}"))
 
 
 def make(out: Path, preset: str) -> None:
-    subject_grid(evaluation(preset), ROWS, out / "textual_inversion_samples.png")
+    subject_grid(evaluation(preset), ROWS, out / "textual_inversion_samples.svg", subject_title="概念图")

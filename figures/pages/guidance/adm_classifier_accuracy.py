@@ -24,12 +24,12 @@ def make(out: Path, preset: str) -> None:
     steps = list(range(0, 1000, 50)) + [999]
     acc = noisy_accuracy(classifier, x0, y, schedule, steps, torch.Generator().manual_seed(0))
     fig, ax = subplots(figsize=(5.5, 3.2))
-    ax.plot(steps, acc.numpy(), marker="o", ms=3, label="noisy classifier, held-out digits")
-    ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance (1/10)")
-    ax.set(xlabel="timestep t (code, 0..999)", ylabel="accuracy", ylim=(0, 1.02))
+    ax.plot(steps, acc.numpy(), marker="o", ms=3, label="带噪分类器，留出数字")
+    ax.axhline(0.1, color="gray", ls="--", lw=1, label="随机猜测 (1/10)")
+    ax.set(xlabel="时间步 t (代码，0..999)", ylabel="准确率", ylim=(0, 1.02))
     twin = ax.twiny()
     twin.set(xlim=ax.get_xlim(), xticks=[0, 250, 500, 750, 999],
              xticklabels=[f"{schedule.alpha_bar[t].sqrt():.2f}" for t in (0, 250, 500, 750, 999)],
-             xlabel=r"$\sqrt{\bar\alpha_t}$ (weight of the image in $x_t$)")
+             xlabel="√ᾱₜ (xₜ 中图像的权重)")  # plain text: mathtext would not draw the Chinese
     ax.legend(loc="upper right", frameon=False)
     save(fig, out / "adm_classifier_accuracy.svg")

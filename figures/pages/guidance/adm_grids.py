@@ -8,7 +8,7 @@ from figures.zoo.adm import guided_digits
 from refimpl.plots import image_grid, save
 
 PAGE = "guidance/classifier-guidance.md"
-OUTPUTS = ("adm_grids.png",)
+OUTPUTS = ("adm_grids.svg",)
 PER_LABEL = 2
 
 
@@ -19,4 +19,5 @@ def make(out: Path, preset: str) -> None:
     grid = samples["x0"][:, columns]
     titles = [str(int(labels[c])) for c in columns]
     rows = [f"s = {s:g}" for s in samples["scales"].tolist()]
-    save(image_grid(grid, column_titles=titles, row_titles=rows, size=0.55), out / "adm_grids.png")
+    fig = image_grid(grid, column_titles=titles, row_titles=rows, size=0.43)
+    save(fig, out / "adm_grids.svg")

@@ -24,13 +24,14 @@ def make(out: Path, preset: str) -> None:
     alpha_bar = schedule.alpha_bar
     grad = by_level(lambda x, step: data.grad_log_class_prob(x, Y, alpha_bar[step].item()))
     x_T = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fig, axes = subplots(1, len(SCALES) + 1, figsize=(3.0 * (len(SCALES) + 1), 3.2))
+    fig, axes = subplots(2, 2, figsize=(6.4, 6.6))
+    axes = axes.flatten()
     for ax, s in zip(axes, SCALES):
         x0 = guided_sample(eps_model(data.mixture, schedule), grad, x_T, schedule, scale=s, steps=50, disable=True)
         is_y = (data.log_class_prob(x0).argmax(-1) == Y).numpy()
         scatter_2d(x0[is_y], ax=ax, s=2, color="C1")
         scatter_2d(x0[~is_y], ax=ax, s=2, color="C0",
-                   title=f"s = {s:g}: {is_y.mean():.0%} in class {Y}" + (" (= p(x | y))" if s == 1 else ""))
+                   title=f"s = {s:g}：{is_y.mean():.0%} 判为第 {Y} 类" + (" (= p(x | y))" if s == 1 else ""))
     ax = axes[-1]
     a = alpha_bar[FIELD_T].item()
     side = np.linspace(-3, 3, 15)

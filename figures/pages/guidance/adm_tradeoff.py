@@ -49,11 +49,11 @@ def make(out: Path, preset: str) -> None:
     hit, spread = per_sample_stats(samples)
     scales, n = samples["scales"].tolist(), hit.shape[1]
     fig, (left, right) = subplots(1, 2, figsize=(7.5, 3.0))
-    for ax, stat, label in ((left, hit, "accuracy on the requested label"),
-                            (right, spread, "within-class feature spread")):
+    for ax, stat, label in ((left, hit, "判为所要求数字的比例"),
+                            (right, spread, "类内特征离散度")):
         mean, se = stat.mean(1).numpy(), (stat.std(1) / math.sqrt(n)).numpy()
         ax.errorbar(scales, mean, yerr=2 * se, marker="o", capsize=3)
-        ax.set(xscale="symlog", xlabel="gradient scale s", title=label)
+        ax.set(xscale="symlog", xlabel="梯度尺度 s", title=label)
         ax.set_xticks(scales, [f"{s:g}" for s in scales])
     left.axhline(0.1, color="gray", ls="--", lw=1)
     left.set_ylim(0, 1.05)

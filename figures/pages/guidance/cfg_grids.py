@@ -9,7 +9,7 @@ from refimpl.cfg import CLASSES  # imported by statement: the figure's cache key
 from refimpl.plots import image_grid, save
 
 PAGE = "guidance/cfg.md"
-OUTPUTS = ("cfg_grids.png",)
+OUTPUTS = ("cfg_grids.svg",)
 SHOWN = 4  # samples per digit and scale
 
 
@@ -19,5 +19,5 @@ def make(out: Path, preset: str) -> None:
     blocks = torch.stack([samples[f"x0_{s:g}"].reshape(CLASSES, PER_CLASS, 1, 8, 8)[:, :SHOWN] for s in SCALES], 1)
     grid = blocks.reshape(CLASSES, len(SCALES) * SHOWN, 1, 8, 8)
     titles = [f"s = {s:g}" if j == 0 else "" for s in SCALES for j in range(SHOWN)]
-    save(image_grid(grid, column_titles=titles, row_titles=[str(d) for d in range(CLASSES)], size=0.45),
-         out / "cfg_grids.png")
+    fig = image_grid(grid, column_titles=titles, row_titles=[str(d) for d in range(CLASSES)], size=0.45)
+    save(fig, out / "cfg_grids.svg")

@@ -29,7 +29,9 @@ def make(out: Path, preset: str) -> None:
     grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
     log_cond, log_marg = data.conditional(CLASS).log_prob(grid), data.mixture.log_prob(grid)
 
-    fig, axes = subplots(1, len(WS) + 1, figsize=(3.1 * (len(WS) + 1), 3.4))
+    fig, axes = subplots(2, 3, figsize=(8.4, 6.0))
+    axes = axes.flatten()
+    axes[-1].axis("off")  # five panels on a 2 x 3 grid
     for ax, w in zip(axes, WS):
         tilted = (1 + w) * log_cond - w * log_marg  # log of p(x | y)^(1 + w) p(x)^(-w), unnormalised
         density = torch.exp(tilted - tilted.max()).reshape(len(g), len(g)).numpy()
@@ -38,9 +40,9 @@ def make(out: Path, preset: str) -> None:
         on_class = float((data.log_class_prob(x0).argmax(1) == CLASS).double().mean())
         ax.scatter(x0[:, 0], x0[:, 1], s=2, alpha=0.4, color="C0", rasterized=True, linewidths=0)
         ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal", xticks=[], yticks=[],
-               title=f"w = {w:g} (s = {1 + w:g})\nBayes class {CLASS}: {on_class:.0%}")
+               title=f"w = {w:g} (s = {1 + w:g})\n贝叶斯分类器判为类 {CLASS}：{on_class:.0%}")
 
-    ax = axes[-1]
+    ax = axes[len(WS)]
     a = float(schedule.alpha_bar[FIELD_T])
     for y in range(data.classes):  # the noised class densities p_t(x | y), for orientation
         log_p = data.conditional(y).vp(a).log_prob(grid).reshape(len(g), len(g))
@@ -51,6 +53,6 @@ def make(out: Path, preset: str) -> None:
     direction = -(data.eps(points, a, CLASS) - data.eps(points, a))  # sqrt(1 - abar) grad log p^i(y | x_t)
     ax.quiver(points[:, 0], points[:, 1], direction[:, 0], direction[:, 1], color="C0", angles="xy")
     ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal", xticks=[], yticks=[],
-           title=f"-(eps(x_t, {CLASS}) - eps(x_t))\ncode t = {FIELD_T}")
+           title=f"-(eps(x_t, {CLASS}) - eps(x_t))\n代码 t = {FIELD_T}")
     fig.tight_layout()
     save(fig, out / "cfg_mixture_2d.svg")

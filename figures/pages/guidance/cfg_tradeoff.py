@@ -30,20 +30,20 @@ def real_digits() -> dict[str, float]:
 
 def make(out: Path, preset: str) -> None:
     rows, real = tradeoff_metrics(tradeoff_samples(preset)), real_digits()
-    fig, (left, right) = subplots(1, 2, figsize=(9, 3.8))
+    fig, (left, right) = subplots(1, 2, figsize=(7.0, 3.6))
     left.plot([r["diversity"] for r in rows], [r["accuracy"] for r in rows], "o-", color="C0")
     for r in rows:  # the guided points crowd at accuracy 1: label every point just above it
         left.annotate(f"{r['scale']:g}", (r["diversity"], r["accuracy"]), textcoords="offset points",
                       xytext=(0, 6), ha="center")
-    left.plot([real["diversity"]], [real["accuracy"]], "*", color="C3", markersize=12, label="held-out real digits")
-    left.set(xlabel="within-class diversity (mean feature distance)", ylabel="accuracy on the requested digit",
-             ylim=(0, 1.1), title="fidelity vs diversity (labels: guidance scale s)")
+    left.plot([real["diversity"]], [real["accuracy"]], "*", color="C3", markersize=12, label="留出的真实数字")
+    left.set(xlabel="类内多样性 (平均特征距离)", ylabel="指定数字的准确率",
+             ylim=(0, 1.1), title="保真度与多样性 (点旁标注引导尺度 s)")
     left.legend(loc="lower left")
     right.plot([r["scale"] for r in rows], [r["frechet"] for r in rows], "s-", color="C1")
-    right.axhline(real["frechet"], color="C3", linestyle=":", label=f"{CLASSES * PER_CLASS} real training digits")
+    right.axhline(real["frechet"], color="C3", linestyle=":", label=f"{CLASSES * PER_CLASS} 张真实训练数字")
     right.legend()
-    right.set(xlabel="guidance scale s = 1 + w", ylabel="Frechet distance to held-out digits (lower is better)",
-              title="Frechet distance vs scale")
+    right.set(xlabel="引导尺度 s = 1 + w", ylabel="到留出数字的 Fréchet 距离 (越低越好)",
+              title="Fréchet 距离随引导尺度的变化")
     fig.tight_layout()
     save(fig, out / "cfg_tradeoff.svg")
 

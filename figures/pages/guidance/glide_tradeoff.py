@@ -16,21 +16,25 @@ PAGE = "guidance/glide.md"
 OUTPUTS = ("glide_tradeoff.svg", "glide_repro.md", "glide_repro.json")
 #: GLIDE Table 1: human-evaluation Elo (photorealism, caption similarity), MS-COCO prompts, 256x256
 PAPER = {"unguided": ("-88.6", "-106.2"), "cfg": ("82.7", "110.9"), "clip": ("-73.2", "29.3")}
-COMPARED = {"unguided": "cfg_1", "cfg": "cfg_3", "clip": "clip_30"}  # the page's settings (glide_compare.png)
+COMPARED = {"unguided": "cfg_1", "cfg": "cfg_3", "clip": "clip_30"}  # the page's settings (glide_compare.svg)
 
 
 def make(out: Path, preset: str) -> None:
     metrics = sample_metrics(guided_samples(preset))
-    fig, ax = subplots(figsize=(5.0, 3.2))
-    for name, prefix, scales in (("classifier-free guidance", "cfg", CFG_SCALES), ("CLIP guidance", "clip", CLIP_SCALES)):
+    fig, ax = subplots(figsize=(6.0, 3.8))
+    # the guided points crowd near accuracy 1: CFG scales are written above their points, CLIP scales below
+    for name, prefix, scales, color, dy, va in (("无分类器引导 (s 标在点上方)", "cfg", CFG_SCALES, "C0", 6, "bottom"),
+                                                ("CLIP 引导 (s 标在点下方)", "clip", CLIP_SCALES, "C1", -6, "top")):
         points = [metrics[f"{prefix}_{s:g}"] for s in scales]
-        ax.plot([p["diversity"] for p in points], [p["accuracy"] for p in points], marker="o", label=name)
+        ax.plot([p["diversity"] for p in points], [p["accuracy"] for p in points], marker="o", color=color,
+                label=name)
         for s, p in zip(scales, points):
-            ax.annotate(f"s={s:g}", (p["diversity"], p["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-    ax.set_xlabel("diversity (mean feature distance within a caption)")
-    ax.set_ylabel("accuracy on the captioned digit")
-    ax.legend()
+            ax.annotate(f"s={s:g}", (p["diversity"], p["accuracy"]), textcoords="offset points", xytext=(0, dy),
+                        ha="center", va=va, color=color)
+    ax.margins(x=0.08, y=0.15)  # room for the scale labels at the ends
+    ax.set_xlabel("多样性 (同一描述内的平均特征距离)")
+    ax.set_ylabel("认成所描述数字的比例")
+    ax.legend(loc="lower left")
     save(fig, out / "glide_tradeoff.svg")
 
     # the reference: as many real training digits, PER_DIGIT of each class (the first ones), scored the same way

@@ -35,12 +35,15 @@ def make(out: Path, preset: str) -> None:
     spread = float(data.var(0).sum())  # squared error of always answering the data's mean
 
     fig, ax = subplots(figsize=(6, 3.6))
-    for i, (name, label) in enumerate((("eps", r"$\epsilon$-prediction"), ("v", "v-prediction"))):
+    for i, (name, label) in enumerate((("eps", "ε 预测"), ("v", "v 预测"))):
         ax.plot(TIMES, errors[name].mean(1), "o-", color=f"C{i}", ms=3, label=label)
-    ax.axhline(spread, color="0.5", ls="--", lw=1, label="always the data mean")
-    ax.set(yscale="log", xlabel="code timestep t", ylabel=r"$E\,\|\hat x_0 - x_0\|^2$",
-           title=rf"$x_0$ predicted from $z_t$, swiss roll, {N} points per t")
-    ax.legend(fontsize=8)
+    ax.axhline(spread, color="0.5", ls="--", lw=1, label="总是回答数据均值")
+    ax.set(yscale="log", xlabel="代码时间步 t")
+    # 11 pt: mathtext (subscripts, the log axis's powers of ten) draws scripts at 70%
+    ax.set_ylabel(r"$E\,\|\hat x_0 - x_0\|^2$", fontsize=11)
+    ax.set_title(f"由 zₜ 预测 x₀，瑞士卷，每个 t {N} 个点")  # no mathtext: it cannot draw Chinese
+    ax.tick_params(which="both", labelsize=11)
+    ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, out / "vpred_x0_error.svg")
@@ -49,7 +52,7 @@ def make(out: Path, preset: str) -> None:
     fig, axes = subplots(2, len(STEPS), figsize=(2.6 * len(STEPS), 5.4))
     for row, name in enumerate(("eps", "v")):
         for col, s in enumerate(STEPS):
-            scatter_2d(drawn[(name, s)], ax=axes[row, col], title=f"{name}-prediction, {s} DDIM steps")
+            scatter_2d(drawn[(name, s)], ax=axes[row, col], title=f"{'ε' if name == 'eps' else 'v'} 预测，DDIM {s} 步")
     fig.tight_layout()
     save(fig, out / "vpred_samples.svg")
 

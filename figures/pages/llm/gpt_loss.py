@@ -15,11 +15,11 @@ def make(out: Path, preset: str) -> None:
     run = gpt_run(preset)  # once: the notes (and so the key) may change while the site builds
     c = curve(run)
     fig, ax = subplots(figsize=(5.0, 3.2))
-    ax.plot(*zip(*c["train"]), lw=1, alpha=0.7, label="training loss (mean of 10 steps)")
-    ax.plot(c["steps"], c["held_out"], marker="o", ms=3, label="held-out loss")
-    ax.axhline(c["unigram"], color="gray", ls="--", lw=1, label="unigram baseline (held-out)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("cross-entropy (nats / character)")
+    ax.plot(*zip(*c["train"]), lw=1, alpha=0.7, label="训练损失（每 10 步平均）")
+    ax.plot(c["steps"], c["held_out"], marker="o", ms=3, label="留出集损失")
+    ax.axhline(c["unigram"], color="gray", ls="--", lw=1, label="一元（unigram）基线（留出集）")
+    ax.set_xlabel("训练步数")
+    ax.set_ylabel("交叉熵（nats/字符）")
     ax.legend()
     save(fig, out / "gpt_loss.svg")
 

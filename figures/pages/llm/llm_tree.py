@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib as mpl
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import MultipleLocator
 
 from figures.lib.llm_models import BRANCHES, Model, load
 from figures.registry import load as load_registry
@@ -15,93 +17,114 @@ PAGE = "llm/tree.md"
 OUTPUTS = ("llm_tree.svg", "llm_models_table.md")
 INPUTS = ("docs/llm/models.yml", "docs/papers.yml")
 
-#: branch -> (x of its first lane, number of lanes, colour, title); the colours follow the survey's figure
+#: branch -> (colour, title); the colours follow the survey's figure
 COLUMNS = {
-    "encoder-only": (0.0, 3, "#d6609a", "encoder-only"),
-    "encoder-decoder": (4.5, 2, "#3a9a4a", "encoder-decoder"),
-    "decoder-only": (7.5, 5, "#3a6fc4", "decoder-only"),
+    "encoder-only": ("#d6609a", "仅编码器 (encoder-only)"),
+    "encoder-decoder": ("#3a9a4a", "编码器-解码器 (encoder-decoder)"),
+    "decoder-only": ("#3a6fc4", "仅解码器 (decoder-only)"),
 }
-LANE_WIDTH = 1.5  # x units per lane: room for the longest label at the font size below
-MIN_GAP = 0.17    # years between two models in one lane: one label height at the figure's scale
+WIDTH = 7.0       # inches: at most the site's 688-px column, so that 8-pt labels show at 10.7 px
+AXES = (0.01, 0.99)  # left and right edges of the axes, in figure fractions (fixed: layout() needs its scale)
+ROW = 0.21        # inches per row: one 8-pt label is 0.15 in tall with its box
+FONT = 8          # pt, the model labels
+GAP = 5.0         # pt between a marker and its label, and after a label before the next marker in its row
 ZH = {"encoder-only": "仅编码器", "encoder-decoder": "编码器-解码器", "decoder-only": "仅解码器",
       "open": "开放", "closed": "闭源"}
 
 
-def layout(models: dict[str, Model]) -> dict[str, tuple[float, float]]:
-    """(x, y) of every model: y is its date; within its branch, the first lane (left to right) whose
-    last model is at least MIN_GAP earlier, so that labels in a lane never collide."""
-    where = {}
+def label_width(name: str) -> float:
+    """The drawn width of a model's label in points (the font's advance widths at FONT)."""
+    return text_to_path.get_text_width_height_descent(name, FontProperties(size=FONT), ismath=False)[0]
+
+
+def layout(models: dict[str, Model], start: float) -> tuple[dict[str, tuple[float, int]], float, int]:
+    """(year, row) of every model, the right end of the x axis, and the number of rows.
+
+    Years run left to right from ``start``; each branch has a header row and then as many rows as its labels
+    need: a model goes to the first row of its branch whose last label ends (marker, gap, label, gap) before
+    the model's date, so labels in a row never collide and no row is wasted."""
+    latest = max(m.when for m in models.values())
+    widest = max(label_width(m.name) for m in models.values()) + 2 * GAP
+    span = WIDTH * (AXES[1] - AXES[0]) * 72  # points along the x axis
+    end = latest + (latest - start) * widest / (span - widest)  # the latest label just fits
+    per_year = span / (end - start)
+    where, row = {}, 0
     for branch in BRANCHES:
-        x0, lanes, _, _ = COLUMNS[branch]
-        last = [float("-inf")] * lanes
+        row += 1  # the branch's header
+        ends: list[float] = []
         for m in sorted((m for m in models.values() if m.branch == branch), key=lambda m: (m.when, m.id)):
-            lane = next((i for i in range(lanes) if m.when - last[i] >= MIN_GAP), None)
-            if lane is None:
-                raise ValueError(f"llm_tree: no free lane for {m.id} in {branch}; add a lane in COLUMNS")
-            last[lane] = m.when
-            where[m.id] = (x0 + lane * LANE_WIDTH, m.when)
-    return where
+            free = next((i for i, e in enumerate(ends) if e <= m.when), None)
+            if free is None:
+                free = len(ends)
+                ends.append(0.0)
+            ends[free] = m.when + (label_width(m.name) + 2 * GAP) / per_year
+            where[m.id] = (m.when, row + 1 + free)
+        row += 1 + len(ends)
+    return where, end, row + 1
 
 
-def overlaps(labels, markers) -> list[tuple[str, str]]:
-    """(label, other model) pairs where a label's drawn box meets another label or another model's
-    marker (after the figure has been drawn); ``labels`` and ``markers`` are parallel, one per model."""
+def marker_overlaps(labels, markers) -> list[tuple[str, str]]:
+    """(label, other model) pairs where a label's drawn box meets another model's marker (after the figure has
+    been drawn; ``labels`` and ``markers`` are parallel, one per model). Label-on-label is refimpl.plots.save's
+    check, for every figure."""
     names = [t.get_text() for t in labels]
     texts = [t.get_window_extent() for t in labels]
     marks = [m.get_window_extent() for m in markers]
     return [(names[i], names[j]) for i in range(len(names)) for j in range(len(names))
-            if (j > i and texts[i].overlaps(texts[j])) or (j != i and texts[i].overlaps(marks[j]))]
+            if j != i and texts[i].overlaps(marks[j])]
 
 
 def draw(models: dict[str, Model], root_year: float):
-    """The tree as a matplotlib Figure (years upwards, one coloured region per branch)."""
-    where = layout(models)
-    fig, ax = subplots(figsize=(11, 10.5))
-    top = max(m.when for m in models.values()) + 0.4
-    root = (COLUMNS["encoder-decoder"][0] + LANE_WIDTH / 2, root_year)
+    """The tree as a matplotlib Figure (years to the right, one coloured band of rows per branch)."""
+    start = root_year - 0.3
+    where, end, rows = layout(models, start)
+    fig, ax = subplots(figsize=(WIDTH, ROW * rows + 0.9))
+    fig.subplots_adjust(left=AXES[0], right=AXES[1], top=1 - 0.45 / (ROW * rows + 0.9), bottom=0.5 / (ROW * rows + 0.9))
+    root = (root_year, 0)
+    ax.plot(*root, "o", color="0.3", ms=8, zorder=3)
+    ax.annotate("Transformer", root, xytext=(GAP, 0), textcoords="offset points", va="center", fontsize=FONT + 1,
+                weight="bold")
     for branch in BRANCHES:
-        x0, lanes, color, title = COLUMNS[branch]
-        ax.axvspan(x0 - 0.3, x0 + lanes * LANE_WIDTH - 0.4, color=color, alpha=0.07, lw=0)
-        ax.text(x0 + (lanes * LANE_WIDTH - 0.7) / 2, top, title, ha="center", va="bottom",
-                color=color, fontsize=11, weight="bold")
+        color, title = COLUMNS[branch]
+        members = [where[m.id][1] for m in models.values() if m.branch == branch]
+        header = min(members) - 1
+        ax.axhspan(header - 0.5, max(members) + 0.5, color=color, alpha=0.07, lw=0)
+        ax.text(start, header, title, va="center", color=color, fontsize=FONT + 1, weight="bold", zorder=4,
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 0.3})
         first = min((m for m in models.values() if m.branch == branch), key=lambda m: m.when)
-        ax.plot([root[0], where[first.id][0]], [root[1], where[first.id][1]], color=color, lw=2.5, alpha=0.5)
-    ax.plot(*root, "o", color="0.3", ms=9, zorder=3)
-    ax.annotate("Transformer", root, xytext=(0, -11), textcoords="offset points", ha="center", va="top",
-                fontsize=9, weight="bold")
+        ax.plot([root[0], where[first.id][0]], [root[1], where[first.id][1]], color=color, lw=2, alpha=0.4)
     for m in models.values():
         for pid in m.parents:
-            (x, y), (px, py) = where[m.id], where[pid]
-            ax.annotate("", xy=(x, y), xytext=(px, py), zorder=1,
-                        arrowprops={"arrowstyle": "-|>", "color": COLUMNS[m.branch][2], "alpha": 0.55,
+            ax.annotate("", xy=where[m.id], xytext=where[pid], zorder=1,
+                        arrowprops={"arrowstyle": "-|>", "color": COLUMNS[m.branch][0], "alpha": 0.55,
                                     "lw": 1.0, "shrinkA": 4, "shrinkB": 4, "mutation_scale": 7,
                                     # bowed, so that an edge never runs straight through a model in between
-                                    "connectionstyle": "arc3,rad=-0.3"})
+                                    "connectionstyle": "arc3,rad=0.3"})
     labels, markers = [], []
     for m in models.values():
         x, y = where[m.id]
-        color = COLUMNS[m.branch][2]
-        markers += ax.plot(x, y, "s", ms=7, mec=color, mew=1.5, mfc=color if m.weights == "open" else "white",
+        color = COLUMNS[m.branch][0]
+        markers += ax.plot(x, y, "s", ms=6, mec=color, mew=1.4, mfc=color if m.weights == "open" else "white",
                            zorder=3)
-        labels.append(ax.text(x + 0.12, y, m.name, va="center", fontsize=8, zorder=4,  # over the edges
-                              bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 0.6}))
-    ax.set_xlim(-0.5, COLUMNS["decoder-only"][0] + COLUMNS["decoder-only"][1] * LANE_WIDTH)
-    ax.set_ylim(root_year - 0.45, top + 0.3)
-    ax.set_xticks([])
-    ax.set_yticks(range(int(root_year), int(top) + 1))
-    ax.grid(axis="y", alpha=0.3)
-    ax.spines["bottom"].set_visible(False)
+        labels.append(ax.annotate(m.name, (x, y), xytext=(GAP, 0), textcoords="offset points", va="center",
+                                  fontsize=FONT, zorder=4,  # over the edges
+                                  bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 0.3}))
+    ax.set_xlim(start, end)
+    ax.set_ylim(rows - 0.5, -0.7)
+    ax.set_yticks([])
+    ax.xaxis.set_major_locator(MultipleLocator(1))
+    ax.grid(axis="x", alpha=0.3)
+    ax.spines["left"].set_visible(False)
     ax.legend(handles=[
-        Line2D([], [], ls="", marker="s", ms=7, mec="0.3", mfc="0.3", label="open weights"),
-        Line2D([], [], ls="", marker="s", ms=7, mec="0.3", mfc="white", label="closed weights"),
-        Line2D([], [], color="0.5", marker=">", ms=4, label="built from (paper-verified)"),
-    ], loc="lower right", fontsize=8, frameon=True)
-    ax.set_title("LLM evolution tree: first paper or release of each model (data: docs/llm/models.yml)")
-    fig.tight_layout()
+        Line2D([], [], ls="", marker="s", ms=6, mec="0.3", mfc="0.3", label="开放权重"),
+        Line2D([], [], ls="", marker="s", ms=6, mec="0.3", mfc="white", label="闭源"),
+        Line2D([], [], color="0.5", marker=">", ms=4, label="在它基础上做出（论文为证）"),
+    ], loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3, fontsize=FONT + 1)
+    ax.set_title("LLM 进化树：各模型的首篇论文或首次发布（数据：docs/llm/models.yml）")
     fig.canvas.draw()
-    bad = overlaps(labels, markers)
+    bad = marker_overlaps(labels, markers)
     if bad:
-        raise ValueError(f"llm_tree: overlapping labels {bad}; widen LANE_WIDTH or MIN_GAP")
+        raise ValueError(f"llm_tree: labels over markers {bad}; raise GAP")
     return fig
 
 
@@ -130,6 +153,5 @@ def make(out: Path, preset: str) -> None:
     models = load(registry=registry)
     transformer = registry["transformer"].date
     fig = draw(models, transformer.year + (transformer.month - 0.5) / 12)
-    with mpl.rc_context({"svg.fonttype": "none"}):  # names stay text: searchable, and tests can read them
-        save(fig, out / "llm_tree.svg")
+    save(fig, out / "llm_tree.svg")
     (out / "llm_models_table.md").write_text(table(models), encoding="utf-8")

@@ -16,16 +16,15 @@ def make(out: Path, preset: str) -> None:
     directory = t5_checkpoint(preset)
     ckpt, curve = checkpoint.load(directory, expect_model="t5"), held_out_curve(directory)
     history = ckpt.extra["history"]
-    fig, ax = subplots(figsize=(6.4, 3.8))
+    fig, ax = subplots(figsize=(6.4, 4.4))
     ax.plot([s for s, _ in history], [v for _, v in history], color="C0", alpha=0.6,
-            label="training batches: all target tokens")
+            label="训练批：全部目标 token")
     steps = [p["step"] for p in curve]
-    ax.plot(steps, [p["target"] for p in curve], "o-", color="C1", label="held-out: all target tokens")
-    ax.plot(steps, [p["span"] for p in curve], "s-", color="C2", label="held-out: corrupted characters only")
-    ax.axhline(curve[-1]["unigram"], color="C3", linestyle=":", label="unigram baseline (corrupted characters)")
-    ax.set(xlabel="training step", ylabel="cross-entropy (nats / token)",
-           title=f"span corruption on the notes ({preset} preset)")
-    ax.legend(fontsize=8)
+    ax.plot(steps, [p["target"] for p in curve], "o-", color="C1", label="留出集：全部目标 token")
+    ax.plot(steps, [p["span"] for p in curve], "s-", color="C2", label="留出集：仅被破坏的字符")
+    ax.axhline(curve[-1]["unigram"], color="C3", linestyle=":", label="unigram 基线（被破坏的字符）")
+    ax.set(xlabel="训练步数", ylabel="交叉熵（nats/token）", title=f"笔记上的 span corruption（{preset} 预设）")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: no curve runs under it
     fig.tight_layout()
     save(fig, out / "t5_loss.svg")
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import NullLocator
 
 from figures.zoo.ddpm import ddpm_checkpoint
 from figures.zoo.flow import flows as quick_flows
@@ -20,10 +21,10 @@ NFE = (1, 2, 4, 8, 16, 32)
 N = 2000  # samples per sampler and NFE, from the same noise
 PATHS = 60  # trajectories drawn
 FINE = 100  # Euler steps of the drawn trajectories and of the straightness estimate
-LABELS = {"flow": "1-rectified flow (Euler)", "reflow": "2-rectified flow (Euler)",
-          "ddim": "DDPM eps model, DDIM", "dpmpp": "DDPM eps model, DPM-Solver++(2M)"}
-ZH = {"flow": "第一个流（独立配对），欧拉法", "reflow": "reflow 之后（2-rectified flow），欧拉法",
-      "ddim": "DDPM 的 ε 模型，DDIM", "dpmpp": "DDPM 的 ε 模型，DPM-Solver++(2M)"}
+LABELS = {"flow": "第一个流（独立配对），欧拉法", "reflow": "reflow 之后（2-rectified flow），欧拉法",
+          "ddim": "DDPM 的 ε 模型，DDIM", "dpmpp": "DDPM 的 ε 模型，DPM-Solver++(2M)"}
+SHORT = {"flow": "第一个流", "reflow": "reflow 之后", "ddim": "ε 模型 + DDIM", "dpmpp": "ε 模型 + DPM-Solver++"}
+PATH_TITLES = {"flow": "第一个流 (1-rectified flow)", "reflow": "reflow 之后 (2-rectified flow)"}
 
 
 def samples(flows: dict[str, flow.Velocity], preset: str, noise: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
@@ -50,19 +51,19 @@ def make(out: Path, preset: str) -> None:
         paths = {name: flow.euler_sample(v, noise, grid, trajectory=True) for name, v in flows.items()}
     straightness = {name: flow.straightness(path, grid) for name, path in paths.items()}
 
-    fig, axes = subplots(1, 3, figsize=(11, 3.9))
+    fig, axes = subplots(1, 3, figsize=(9, 3.6))
     data = toy_2d("swissroll", N, torch.Generator().manual_seed(1))
     ends = {"pairs": data, "flow": paths["flow"][-1], "reflow": paths["reflow"][-1]}
     lines = {"pairs": torch.stack([noise, data])[:, :PATHS], "flow": paths["flow"][:, :PATHS],
              "reflow": paths["reflow"][:, :PATHS]}
-    titles = {"pairs": "training pairs (eps, x): straight lines that cross",
-              **{name: f"{LABELS[name].split(' (')[0]}: ODE paths, S = {straightness[name]:.3f}" for name in flows}}
+    titles = {"pairs": "训练配对 (ε, x)\n彼此交叉的直线",
+              **{name: f"{PATH_TITLES[name]}\nODE 轨迹，S = {straightness[name]:.3f}" for name in flows}}
     for i, (ax, name) in enumerate(zip(axes, ("pairs", "flow", "reflow"))):
         ax.scatter(ends[name][:, 0], ends[name][:, 1], s=1, color="0.8", rasterized=True, linewidths=0)
         ax.plot(lines[name][:, :, 0], lines[name][:, :, 1], color=f"C{i}", lw=0.6, alpha=0.7)
         ax.scatter(noise[:PATHS, 0], noise[:PATHS, 1], s=5, color="0.3", zorder=3)
         ax.scatter(lines[name][-1, :, 0], lines[name][-1, :, 1], s=5, color=f"C{i}", zorder=3)
-        ax.set_title(titles[name], fontsize=9)
+        ax.set_title(titles[name])
         ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", xticks=[], yticks=[])
     fig.tight_layout()
     save(fig, out / "flow_paths.svg")
@@ -79,21 +80,23 @@ def make(out: Path, preset: str) -> None:
     fig, ax = subplots(figsize=(6.2, 3.8))
     for i, name in enumerate(LABELS):
         ax.plot(NFE, [distance[(name, n)] for n in NFE], "o-", color=f"C{i}", ms=4, label=LABELS[name])
-    ax.axhline(floor, color="0.5", ls="--", lw=1, label="two draws of the data (noise floor)")
-    ax.axhline(gaussian_distance, color="0.5", ls=":", lw=1, label="a Gaussian with the data's mean and covariance")
-    ax.set(xscale="log", yscale="log", xlabel="model calls (NFE)", ylabel="sliced Wasserstein to the data",
-           title=f"swiss roll, {N} samples per point")
+    ax.axhline(floor, color="0.5", ls="--", lw=1, label="两份独立数据之间（噪声底）")
+    ax.axhline(gaussian_distance, color="0.5", ls=":", lw=1, label="与数据同均值同协方差的高斯")
+    ax.set(xscale="log", yscale="log", xlabel="网络调用次数 (NFE)", ylabel="到数据的切片 Wasserstein 距离",
+           title=f"瑞士卷，每个点 {N} 个样本")
     ax.set_xticks(NFE, [str(n) for n in NFE])
-    ax.legend(fontsize=7, loc="upper right")
+    ax.xaxis.set_minor_locator(NullLocator())  # no "3 x 10^0" between the NFE ticks
+    ax.tick_params(which="both", labelsize=11)  # 11 pt: the log axis's powers of ten draw exponents at 70%
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, out / "flow_nfe.svg")
 
     shown = (1, 2, 8)
-    fig, axes = subplots(len(LABELS), len(shown), figsize=(2.5 * len(shown), 2.5 * len(LABELS)))
+    fig, axes = subplots(len(LABELS), len(shown), figsize=(2.7 * len(shown), 2.5 * len(LABELS)))
     for row, name in enumerate(LABELS):
         for col, n in enumerate(shown):
-            scatter_2d(drawn[(name, n)], ax=axes[row, col], title=f"{name}, NFE {n}")
+            scatter_2d(drawn[(name, n)], ax=axes[row, col], title=f"{SHORT[name]}，NFE {n}")
     fig.tight_layout()
     save(fig, out / "flow_samples.svg")
 
@@ -104,7 +107,7 @@ def make(out: Path, preset: str) -> None:
             "| --- | --- |" + " --- |" * len(NFE)]
     for name in LABELS:
         s = f"{straightness[name]:.3f}" if name in straightness else "—"
-        rows.append(f"| {ZH[name]} | {s} | " + " | ".join(f"{distance[(name, n)]:.3f}" for n in NFE) + " |")
+        rows.append(f"| {LABELS[name]} | {s} | " + " | ".join(f"{distance[(name, n)]:.3f}" for n in NFE) + " |")
     rows += ["", f"瑞士卷，{preset} 预设；表中是与新抽的数据之间的切片 Wasserstein 距离（每格 {N} 个样本，越小越好），"
              f"两份独立数据之间的距离（噪声底）是 {floor:.3f}，"
              f"与数据同均值同协方差的高斯是 {gaussian_distance:.3f}。直度 S 用 {FINE} 步欧拉轨迹估计，0 表示每条路径都是匀速直线。"
