@@ -13,6 +13,7 @@ PAPERS: dict[str, str] = {
     "ddim": "refimpl.commands.ddim",
     "vpred": "refimpl.commands.vpred",
     "flow": "refimpl.commands.flow",
+    "consistency": "refimpl.commands.consistency",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
     "adm": "refimpl.commands.adm",

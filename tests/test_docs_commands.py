@@ -1,7 +1,7 @@
 """Every command shown on a page runs (verification ladder, rung 4).
 
 Commands are the lines of ```bash blocks in docs/. They run in quick mode: `--preset full`
-becomes `--preset quick`. A train command (train, train-clip, ...) whose quick-mode arguments equal those of one that
+becomes `--preset quick`. A train command (train, train-clip, ..., reflow, distill) whose quick-mode arguments equal those of one that
 already ran in this test session (on any page, in any xdist worker) but for --out starts from a
 copy of that run's finished checkpoint, so the command itself runs and resumes instead of training
 the same quick model again; everything else runs as is. The shared runs live in the session's
@@ -80,6 +80,9 @@ def run(argv: list[str], cwd: Path, page: Path, command: str) -> None:
     assert result.returncode == 0, f"{page.name}: `{command}` failed:\n{result.stderr[-2000:]}"
 
 
+#: the commands that train (train, train-clip, ...; reflow and distill train from a parent model) and write --out
+TRAINING = ("train", "reflow", "distill")
+
 #: "paper command [options]" of a quick train command (without --preset quick and --out) -> the figure cache's
 #: checkpoint of the same model (its figures/zoo module, function, arguments)
 FIGURE_RUNS = {
@@ -96,6 +99,7 @@ FIGURE_RUNS = {
     "vpred train --data swissroll": ("figures.zoo.vpred", "vpred_checkpoint", ("swissroll",)),
     "flow train --data swissroll": ("figures.zoo.flow", "flow_checkpoint", ("swissroll",)),
     "flow reflow --parent runs/flow": ("figures.zoo.flow", "reflow_checkpoint", ("swissroll",)),
+    "consistency distill --teacher runs/ddpm": ("figures.zoo.consistency", "consistency_checkpoint", ("swissroll",)),
     "clip train": ("figures.zoo.clip", "clip_checkpoint", ()),
     "unclip train --clip runs/clip": ("figures.zoo.unclip", "unclip_checkpoint", ()),
     "imagen train --t5 runs/t5": ("figures.zoo.imagen", "imagen_checkpoint", ()),
@@ -167,7 +171,7 @@ def plan(commands: list[str]) -> list[tuple[str, list[str], str, list[str]]]:
     for command in commands:
         argv = quick(shlex.split(command))
         line = unaliased(argv, aliases)
-        if argv[4:5] and argv[4].startswith("train"):  # train, train-clip, ...
+        if argv[4:5] and argv[4].startswith(TRAINING):
             key = tuple(a for i, a in enumerate(line) if "--out" not in (a, line[i - 1]))
             aliases[option(argv, "--out")] = first_out.setdefault(key, option(argv, "--out"))
             steps.append((command, argv, "train", [aliases.get(a, a) for a in argv]))

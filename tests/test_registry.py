@@ -186,7 +186,8 @@ def test_paper_card_has_the_key_facts(reg):
     assert "(ncsn.md)" in card  # predecessor with a page in the same folder
     assert "(../efficient-sampling/ddim.md)" in card  # successor with a page, relative to the subfolder
     assert "(../latent/ldm.md)" in card  # successor with a page in another folder
-    assert "(../bibliography.md#consistency-models)" in registry.paper_card("edm", "efficient-sampling/solvers.md", reg)  # no page
+    # a successor without a page of its own links to its bibliography entry
+    assert "(../bibliography.md#ict)" in registry.paper_card("consistency-models", "modern/consistency-models.md", reg)
     # every body line is indented into the admonition
     body = card.split("\n", 2)[2]
     assert all(line.startswith("    ") for line in body.splitlines() if line)
@@ -230,7 +231,7 @@ def test_bibliography_renders_every_entry(reg):
 def test_timeline_rows(reg):
     rows = registry.timeline_rows(["diffusion-foundations", "efficient-sampling"], reg)
     assert [r["id"] for r in rows] == ["nonequilibrium", "ncsn", "ddpm", "ddim", "score-sde", "iddpm",
-                                          "progressive-distillation", "edm", "dpm-solver", "dpm-solver-pp", "consistency-models"]
+                                          "progressive-distillation", "edm", "dpm-solver", "dpm-solver-pp"]
     assert set(rows[0]) == {"id", "short", "date", "branch", "predecessors"}
     assert rows[2]["predecessors"] == ["nonequilibrium", "ncsn"]
     assert len(registry.timeline_rows(registry=reg)) == len(reg)
