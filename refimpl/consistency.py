@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from refimpl.core import LineageError, column
 from refimpl.ddim import ddim_step
-from refimpl.schedules import Schedule, gather
+from refimpl.ddpm import predict_x0
+from refimpl.schedules import Schedule, gather, q_sample
 
 MODEL_NAME = "consistency"
 SIGMA_DATA = 0.5
@@ -52,11 +53,7 @@ def consistency_function(model, x_t: torch.Tensor, t: torch.Tensor, schedule: Sc
     """f_theta(x_t, t) = c_skip(t) x_t + c_out(t) x0_theta(x_t, t), where the network ``model(x, t)`` predicts the
     noise (``prediction="epsilon"``, x0_theta = DDPM's predicted x_0) or x_0 itself (``"sample"``)."""
     out = model(x_t, t)
-    if prediction == "sample":
-        x0 = out
-    else:
-        abar = gather(schedule.alpha_bar, t, x_t)
-        x0 = (x_t - (1 - abar).sqrt() * out) / abar.sqrt()
+    x0 = out if prediction == "sample" else predict_x0(x_t, t, out, schedule)
     c_skip, c_out = boundary_scalings(t)
     return column(c_skip, x_t) * x_t + column(c_out, x_t) * x0
 # --8<-- [end:boundary]
@@ -89,12 +86,12 @@ def loss_cd(student, teacher, x0: torch.Tensor, schedule: Schedule, generator: t
     t = grid(schedule.T, points)[torch.randint(0, points, (x0.shape[0],), generator=generator)].to(x0.device)
     s = (t - k).clamp(min=0)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-    abar_t = gather(schedule.alpha_bar, t, x0)
-    x_t = abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * eps
+    x_t = q_sample(x0, t, eps, schedule)
     with torch.no_grad():
-        abar_s = gather(schedule.alpha_bar, s, x0)
-        x_s = ddim_step(x_t, teacher(x_t, t), abar_t, abar_s, eta=0.0, noise=None)
-        target = consistency_function(student, x_s, s, schedule, prediction)  # at s = 0 exactly x_s: c_skip = 1, c_out = 0
+        x_s = ddim_step(x_t, teacher(x_t, t), gather(schedule.alpha_bar, t, x0), gather(schedule.alpha_bar, s, x0),
+                        eta=0.0, noise=None)
+        # at s = 0 the target is x_s itself: c_skip(0) = 1, c_out(0) = 0
+        target = consistency_function(student, x_s, s, schedule, prediction)
     return F.mse_loss(consistency_function(student, x_t, t, schedule, prediction), target)
 # --8<-- [end:distill]
 
@@ -119,11 +116,10 @@ def consistency_sample(model, x_T: torch.Tensor, schedule: Schedule, timesteps: 
     ``timesteps`` decrease; one network call each."""
     x = x_T
     for i, t in enumerate(timesteps):
-        if i > 0:
-            abar = schedule.alpha_bar[t].to(x.dtype)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            x = abar.sqrt() * x + (1 - abar).sqrt() * z
-        x = consistency_function(model, x, torch.full((x.shape[0],), t, device=x.device), schedule, prediction)
+        t = torch.full((x.shape[0],), t, device=x.device)
+        if i > 0:  # renoise the previous answer to level t (DDPM Eq. 4)
+            x = q_sample(x, t, torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device), schedule)
+        x = consistency_function(model, x, t, schedule, prediction)
     return x
 # --8<-- [end:sample]
 

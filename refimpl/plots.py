@@ -141,8 +141,8 @@ def text_overlaps(boxes: Sequence[tuple[object, mpl.transforms.Bbox]]) -> list[t
 def save(fig, path: str | Path) -> Path:
     """Save ``fig`` to ``path`` (format from the suffix) reproducibly, then close it.
 
-    Raises ``ValueError`` when two of its drawn texts overlap, or when a PNG would carry non-ASCII text
-    (see the module's docstring).
+    Raises ``ValueError`` when two of its drawn texts overlap, when a text mixes mathtext with Chinese (mathtext
+    draws Chinese as empty boxes), or when a PNG would carry non-ASCII text (see the module's docstring).
     """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")

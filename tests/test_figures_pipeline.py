@@ -312,8 +312,9 @@ def test_matplotlib_outputs_are_byte_identical(fake: Path, tmp_path: Path):
 
 
 def test_save_keeps_svg_text_as_text_and_refuses_clashing_texts(tmp_path: Path):
-    """SVG labels stay text for the reader's fonts (Chinese included); two texts whose boxes share area, or
-    Chinese in a PNG, are refused with the file removed; texts apart, and ASCII in a PNG, are fine."""
+    """SVG labels stay text for the reader's fonts (Chinese included); two texts whose boxes share area, Chinese
+    inside mathtext, or Chinese in a PNG, are refused with the file removed; texts apart, and ASCII in a PNG, are
+    fine."""
     from refimpl.plots import save, subplots
 
     fig, ax = subplots(figsize=(3, 2))
@@ -331,6 +332,10 @@ def test_save_keeps_svg_text_as_text_and_refuses_clashing_texts(tmp_path: Path):
         two_texts(0.3, tmp_path / "clash.svg")  # "first label" at 10 pt is ~0.9 in wide: 0.3 of 3 in is inside
     assert not (tmp_path / "clash.svg").exists()
     assert two_texts(0.75, tmp_path / "apart.svg").exists()
+    fig, ax = subplots(figsize=(3, 2))
+    ax.set_title(r"权重 $\bar\alpha_t$")
+    with pytest.raises(ValueError, match="mathtext draws Chinese as empty boxes"):
+        save(fig, tmp_path / "math.svg")
     for title, ok in (("steps", True), ("步数", False)):
         fig, ax = subplots(figsize=(2, 2))
         ax.set_title(title)
