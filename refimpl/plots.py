@@ -8,12 +8,14 @@ Text in an SVG stays text (``svg.fonttype: none``): the reader's browser draws i
 fonts, so labels can be Chinese without a font in the build's requirements, and they are selectable and
 searchable. Matplotlib still measures every label to lay the figure out: Latin with its own DejaVu Sans,
 Chinese with Noto Sans CJK SC where it is installed (CI installs it); without it the layout of Chinese
-labels is measured on a placeholder glyph, so text in a PNG must be ASCII (``save`` checks).
+labels is measured on a placeholder glyph (so the overlap check leaves Chinese labels out there, and text in a
+PNG must be ASCII: ``save`` checks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import warnings
@@ -131,6 +133,15 @@ def _last_draw(drawn) -> list[tuple[object, mpl.transforms.Bbox]]:
     return [(text, box) for renderer, text, box in drawn if renderer is drawn[-1][0]] if drawn else []
 
 
+@functools.cache
+def _measures_chinese() -> bool:
+    """Whether matplotlib has a Chinese font of STYLE's font.family to measure Chinese labels with."""
+    from matplotlib import font_manager
+
+    names = {font.name for font in font_manager.fontManager.ttflist}
+    return any(family in names for family in STYLE["font.family"][1:-1])
+
+
 def text_overlaps(boxes: Sequence[tuple[object, mpl.transforms.Bbox]]) -> list[tuple[str, str]]:
     """The (text, text) pairs among ``(Text, box)`` whose boxes share area (``Bbox.overlaps``: touching is not
     overlapping). Rotation is by multiples of 90 degrees in this project, so each box is the text's own outline."""
@@ -159,6 +170,8 @@ def save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     texts = _last_draw(drawn)
+    if not _measures_chinese():  # a placeholder glyph is ~15% wider than a Chinese one: boxes would be wrong
+        texts = [(text, box) for text, box in texts if not _CJK.search(text.get_text())]
     clashes = text_overlaps(texts)
     if clashes:
         path.unlink()

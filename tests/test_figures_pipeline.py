@@ -538,3 +538,21 @@ def test_a_model_counts_as_made_only_under_the_key_of_todays_sources(fake: Path,
     write(fake / "pkg" / "a.py", "VALUE = 3\n")  # imported by pkg.c
     assert not builder._made(cache, "toy", timings.key("toy", "quick", fake, packages))
     assert builder._made(cache, "toy", None)  # the old entry is still there
+
+
+def test_without_a_chinese_font_the_overlap_check_leaves_chinese_labels_out(tmp_path: Path, monkeypatch):
+    """Without Noto Sans CJK, matplotlib measures a Chinese label on a placeholder glyph (~15% wider than the
+    real one), so save() checks only the other texts there: a clash of two Chinese labels passes, an ASCII one
+    is still refused."""
+    from refimpl import plots
+
+    monkeypatch.setattr(plots, "_measures_chinese", lambda: False)
+    for first, second, refused in (("第一个标签", "第二个", False), ("first label", "second", True)):
+        fig, ax = plots.subplots(figsize=(3, 2))
+        ax.text(0.1, 0.5, first)
+        ax.text(0.3, 0.5, second)
+        if refused:
+            with pytest.raises(ValueError, match="overlapping texts"):
+                plots.save(fig, tmp_path / "ascii.svg")
+        else:
+            plots.save(fig, tmp_path / "chinese.svg")
