@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-from matplotlib.ticker import NullLocator
 
+from figures.lib.nfe import distances, nfe_figure
 from figures.zoo.consistency import NFE, compare
 from refimpl import consistency as cm
 from refimpl.data import toy_2d
-from refimpl.metrics import sliced_wasserstein
 from refimpl.plots import save, scatter_2d, subplots
 
 PAGE = "modern/consistency-models.md"
@@ -25,32 +24,16 @@ SHORT = {"cm": "一致性模型", "ddim": "教师 + DDIM", "dpmpp": "教师 + DP
 def make(out: Path, preset: str) -> None:
     noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
     drawn = compare(preset, noise)
-    reference = toy_2d("swissroll", N, torch.Generator().manual_seed(11))
-    generator = torch.Generator().manual_seed(12)
-    again = toy_2d("swissroll", N, generator)
-    gaussian = reference.mean(0) + torch.randn(N, 2, generator=generator) @ torch.linalg.cholesky(reference.T.cov()).T
-    distance = {key: sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(0))
-                for key, x in {**drawn, ("floor", 0): again, ("gaussian", 0): gaussian}.items()}
+    distance, floor, gaussian = distances(drawn, N)
+    spread = toy_2d("swissroll", N, torch.Generator().manual_seed(11)).std(0).mean().item()  # the data's scale
     chain = drawn[("chain", cm.GRID)]
     # how far one call of the student lands from the teacher's 50-call chain, per sample, against one DDIM call
     paired = {name: (drawn[(name, 1)] - chain).norm(dim=1).mean().item() for name in ("cm", "ddim")}
 
-    fig, ax = subplots(figsize=(6.2, 3.8))
-    for i, name in enumerate(LABELS):
-        ax.plot(NFE, [distance[(name, n)] for n in NFE], "o-", color=f"C{i}", ms=4, label=LABELS[name])
-    ax.axhline(distance[("chain", cm.GRID)], color="C0", ls="-.", lw=1,
-               label=f"教师沿蒸馏网格的 {cm.GRID} 步 DDIM（蒸馏的目标）")
-    ax.axhline(distance[("ddpm", 1000)], color="C1", ls="-.", lw=1, label="教师的 DDPM 祖先采样（1000 步）")
-    ax.axhline(distance[("floor", 0)], color="0.5", ls="--", lw=1, label="两份独立数据之间（噪声底）")
-    ax.axhline(distance[("gaussian", 0)], color="0.5", ls=":", lw=1, label="与数据同均值同协方差的高斯")
-    ax.set(xscale="log", yscale="log", xlabel="网络调用次数 (NFE)", ylabel="到数据的切片 Wasserstein 距离",
-           title=f"瑞士卷，每个点 {N} 个样本，同一批噪声")
-    ax.set_xticks(NFE, [str(n) for n in NFE])
-    ax.xaxis.set_minor_locator(NullLocator())  # no "3 x 10^0" between the NFE ticks
-    ax.tick_params(which="both", labelsize=11)  # 11 pt: the log axis's powers of ten draw exponents at 70%
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    fig = nfe_figure(NFE, {LABELS[name]: [distance[(name, n)] for n in NFE] for name in LABELS},
+                     [(distance[("chain", cm.GRID)], "C0", "-.", f"教师沿蒸馏网格的 {cm.GRID} 步 DDIM（蒸馏的目标）"),
+                      (distance[("ddpm", 1000)], "C1", "-.", "教师的 DDPM 祖先采样（1000 步）")],
+                     floor, gaussian, f"瑞士卷，每个点 {N} 个样本，同一批噪声")
     save(fig, out / "consistency_nfe.svg")
 
     panels = [("cm", 1), ("cm", 2), ("chain", cm.GRID), ("ddim", 1), ("ddim", 2), ("dpmpp", 2)]
@@ -61,7 +44,7 @@ def make(out: Path, preset: str) -> None:
     fig.tight_layout()
     save(fig, out / "consistency_samples.svg")
 
-    table = {"preset": preset, "n": N, "floor": distance[("floor", 0)], "gaussian": distance[("gaussian", 0)],
+    table = {"preset": preset, "n": N, "floor": floor, "gaussian": gaussian,
              "chain": distance[("chain", cm.GRID)], "ddpm": distance[("ddpm", 1000)], "paired_to_chain": paired,
              "sliced_wasserstein": {f"{name}/{n}": distance[(name, n)] for name in LABELS for n in NFE}}
     (out / "consistency_repro.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
@@ -69,9 +52,9 @@ def make(out: Path, preset: str) -> None:
     for name in LABELS:
         rows.append(f"| {LABELS[name]} | " + " | ".join(f"{distance[(name, n)]:.3f}" for n in NFE) + " |")
     rows += ["", f"瑞士卷，{preset} 预设；表中是与新抽的数据之间的切片 Wasserstein 距离（每格 {N} 个样本，越小越好），"
-             f"两份独立数据之间的距离（噪声底）是 {distance[('floor', 0)]:.3f}，与数据同均值同协方差的高斯是 "
-             f"{distance[('gaussian', 0)]:.3f}；教师沿蒸馏网格走完 {cm.GRID} 步 DDIM 是 {distance[('chain', cm.GRID)]:.3f}，"
+             f"两份独立数据之间的距离（噪声底）是 {floor:.3f}，与数据同均值同协方差的高斯是 "
+             f"{gaussian:.3f}；教师沿蒸馏网格走完 {cm.GRID} 步 DDIM 是 {distance[('chain', cm.GRID)]:.3f}，"
              f"教师用 DDPM 的祖先采样走 1000 步是 {distance[('ddpm', 1000)]:.3f}。"
              f"逐个样本比：一致性模型一次调用落在离教师 {cm.GRID} 步结果平均 {paired['cm']:.3f} 的地方，"
-             f"教师自己一步 DDIM 是 {paired['ddim']:.3f}（数据每一维的标准差约 {reference.std(0).mean():.2f}）。"]
+             f"教师自己一步 DDIM 是 {paired['ddim']:.3f}（数据每一维的标准差约 {spread:.2f}）。"]
     (out / "consistency_repro.md").write_text("\n".join(rows) + "\n", encoding="utf-8")

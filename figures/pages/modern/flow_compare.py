@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from matplotlib.ticker import NullLocator
 
+from figures.lib.nfe import distances, nfe_figure
 from figures.zoo.ddpm import ddpm_checkpoint
 from figures.zoo.flow import flows as quick_flows
 from refimpl import ddim, flow, solvers
 from refimpl.data import toy_2d
-from refimpl.metrics import sliced_wasserstein
 from refimpl.plots import save, scatter_2d, subplots
 
 PAGE = "modern/flow-matching.md"
@@ -69,27 +68,9 @@ def make(out: Path, preset: str) -> None:
     save(fig, out / "flow_paths.svg")
 
     drawn = samples(flows, preset, noise)
-    reference = toy_2d("swissroll", N, torch.Generator().manual_seed(11))
-    generator = torch.Generator().manual_seed(12)
-    again = toy_2d("swissroll", N, generator)
-    gaussian = reference.mean(0) + torch.randn(N, 2, generator=generator) @ torch.linalg.cholesky(reference.T.cov()).T
-    floor, gaussian_distance = (sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(0))
-                                for x in (again, gaussian))
-    distance = {key: sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(0))
-                for key, x in drawn.items()}
-    fig, ax = subplots(figsize=(6.2, 3.8))
-    for i, name in enumerate(LABELS):
-        ax.plot(NFE, [distance[(name, n)] for n in NFE], "o-", color=f"C{i}", ms=4, label=LABELS[name])
-    ax.axhline(floor, color="0.5", ls="--", lw=1, label="两份独立数据之间（噪声底）")
-    ax.axhline(gaussian_distance, color="0.5", ls=":", lw=1, label="与数据同均值同协方差的高斯")
-    ax.set(xscale="log", yscale="log", xlabel="网络调用次数 (NFE)", ylabel="到数据的切片 Wasserstein 距离",
-           title=f"瑞士卷，每个点 {N} 个样本")
-    ax.set_xticks(NFE, [str(n) for n in NFE])
-    ax.xaxis.set_minor_locator(NullLocator())  # no "3 x 10^0" between the NFE ticks
-    ax.tick_params(which="both", labelsize=11)  # 11 pt: the log axis's powers of ten draw exponents at 70%
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    distance, floor, gaussian_distance = distances(drawn, N)
+    fig = nfe_figure(NFE, {LABELS[name]: [distance[(name, n)] for n in NFE] for name in LABELS}, [], floor,
+                     gaussian_distance, f"瑞士卷，每个点 {N} 个样本")
     save(fig, out / "flow_nfe.svg")
 
     shown = (1, 2, 8)
