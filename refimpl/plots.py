@@ -63,6 +63,11 @@ def subplots(*args, **kwargs):
     return plt.subplots(*args, **kwargs)
 
 
+def text_width(text: str, size: float) -> float:
+    """The drawn width in points of one line of plain ``text`` at font ``size`` (pt), as matplotlib lays it out."""
+    return text_to_path.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0]
+
+
 def image_grid(images, *, column_titles: Sequence[str] | None = None, row_titles: Sequence[str] | None = None,
                vmin: float = -1.0, vmax: float = 1.0, cmap: str = "gray", size: float = 1.0):
     """A figure showing ``images[row, column]`` without axes; returns the Figure.
@@ -86,8 +91,7 @@ def image_grid(images, *, column_titles: Sequence[str] | None = None, row_titles
     use_style()
     titles_width = 0.0
     if row_titles is not None:  # inches: the widest line of any row title, and the gap to the cells
-        font = FontProperties(size=mpl.rcParams["axes.labelsize"])
-        titles_width = max(text_to_path.get_text_width_height_descent(line, font, ismath=False)[0]
+        titles_width = max(text_width(line, mpl.rcParams["axes.labelsize"])
                            for title in row_titles for line in str(title).splitlines() or [""]) / 72 + 0.15
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size + titles_width,
                                                    rows * size + (0.3 if column_titles is not None else 0.0)),

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.textpath import text_to_path
 from matplotlib.ticker import MultipleLocator
 
 from figures.lib.llm_models import BRANCHES, Model, load
 from figures.registry import load as load_registry
-from refimpl.plots import save, subplots
+from refimpl.plots import save, subplots, text_width
 
 PAGE = "llm/tree.md"
 OUTPUTS = ("llm_tree.svg", "llm_models_table.md")
@@ -34,7 +32,7 @@ ZH = {"encoder-only": "仅编码器", "encoder-decoder": "编码器-解码器", 
 
 def label_width(name: str) -> float:
     """The drawn width of a model's label in points (the font's advance widths at FONT)."""
-    return text_to_path.get_text_width_height_descent(name, FontProperties(size=FONT), ismath=False)[0]
+    return text_width(name, FONT)
 
 
 def layout(models: dict[str, Model], start: float) -> tuple[dict[str, tuple[float, int]], float, int]:
