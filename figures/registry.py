@@ -44,7 +44,7 @@ BRANCHES: dict[str, str] = {
     "guided-diffusion": "引导扩散",
     "clip-diffusion": "CLIP + 扩散",
     "latent-diffusion": "潜空间扩散（LDM）",
-    "after-2022": "2022 年之后：流匹配与一致性模型",
+    "after-2022": "2022 年之后：流匹配、DiT 与一致性模型",
     "side-clip": "辅线：CLIP",
     "fine-tuning": "微调",
     "llm": "大语言模型（LLM）进化树",

@@ -14,6 +14,7 @@ PAPERS: dict[str, str] = {
     "vpred": "refimpl.commands.vpred",
     "flow": "refimpl.commands.flow",
     "consistency": "refimpl.commands.consistency",
+    "dit": "refimpl.commands.dit",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
     "adm": "refimpl.commands.adm",

@@ -100,6 +100,7 @@ FIGURE_RUNS = {
     "flow train --data swissroll": ("figures.zoo.flow", "flow_checkpoint", ("swissroll",)),
     "flow reflow --parent runs/flow": ("figures.zoo.flow", "reflow_checkpoint", ("swissroll",)),
     "consistency distill --teacher runs/ddpm": ("figures.zoo.consistency", "consistency_checkpoint", ("swissroll",)),
+    "dit train --size B --patch 2": ("figures.zoo.dit", "dit_checkpoint", ("B", 2)),
     "clip train": ("figures.zoo.clip", "clip_checkpoint", ()),
     "unclip train --clip runs/clip": ("figures.zoo.unclip", "unclip_checkpoint", ()),
     "imagen train --t5 runs/t5": ("figures.zoo.imagen", "imagen_checkpoint", ()),
