@@ -15,6 +15,7 @@ PAPERS: dict[str, str] = {
     "flow": "refimpl.commands.flow",
     "consistency": "refimpl.commands.consistency",
     "dit": "refimpl.commands.dit",
+    "sd3": "refimpl.commands.sd3",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
     "adm": "refimpl.commands.adm",
