@@ -211,7 +211,7 @@ def test_cli_refuses_bad_input_in_one_line(run, args, fragment):
 
 @pytest.fixture(scope="module")
 def measured():
-    from figures.pages.modern.dit_scaling import measure
+    from figures.zoo.dit import measure
 
     return measure("quick")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -61,3 +63,22 @@ def family(preset: str) -> dict[str, torch.Tensor]:
     config = {"per_class": PER_CLASS, "steps": STEPS, "runs": {key: p.name for key, p in ckpts.items()}}
     path = cached("dit-family", MODULES, produce, preset=preset, config=config)
     return load_file(str(path / "family.safetensors"))
+
+
+def measure(preset: str) -> dict:
+    """The family's measurements, shared by the DiT page's figures and tests/test_dit.py: ``rows`` per member (keys
+    ``"<size>/<p>"``): Mflops, parameters, held-out loss (mean and standard error over the held-out digits), Fréchet
+    distance of its samples to the held-out digits, and the share of its samples read as the digit asked for; and
+    ``data``, :func:`family`'s tensors."""
+    from refimpl.digits_eval import evaluate, read_as
+
+    data = family(preset)
+    labels, rows = data["labels"], {}
+    for size, p in MEMBERS:
+        key = name(size, p)
+        loss, samples = data[f"loss/{key}"], data[f"samples/{key}"]
+        rows[key] = {"size": size, "patch": p, "mflops": float(data[f"gflops/{key}"]) * 1e3,
+                     "params": int(data[f"params/{key}"]), "loss": loss.mean().item(),
+                     "loss_se": (loss.std() / math.sqrt(loss.numel())).item(),
+                     "fd": evaluate(samples).frechet_distance, "read_as_asked": read_as(samples, labels)}
+    return {"rows": rows, "data": data}

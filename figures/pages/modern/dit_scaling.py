@@ -1,40 +1,23 @@
-"""DiT's scaling study in miniature (the DiT page): the quick family of three sizes x two patch sizes, trained alike
+"""DiT's scaling study in miniature (the DiT page): the quick family of two sizes x two patch sizes, trained alike
 on the training digits. Draws dit_scaling.svg (held-out denoising loss and sample Fréchet distance against forward
 Gflops) and dit_samples.svg (every member from the same x_T and label, ordered by compute); writes dit_repro.md/.json.
 """
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from matplotlib.ticker import NullFormatter
 
-from figures.zoo.dit import MEMBERS, PER_CLASS, STEPS, family, name
+from figures.zoo.dit import PER_CLASS, STEPS, measure, name
 from refimpl import dit
 from refimpl.data import HOLDOUT
-from refimpl.digits_eval import evaluate, read_as
 from refimpl.plots import image_grid, save, subplots
 
 PAGE = "modern/dit.md"
 OUTPUTS = ("dit_scaling.svg", "dit_samples.svg", "dit_repro.md", "dit_repro.json")
 MARKERS = {4: "s", 2: "o"}
 TICKS = (0.1, 0.3, 1, 3)
-
-
-def measure(preset: str) -> dict:
-    """Per member: Mflops, parameters, held-out loss (mean and standard error over the held-out digits), Fréchet
-    distance of its samples to the held-out digits, and the share of its samples read as the digit asked for."""
-    data = family(preset)
-    labels, rows = data["labels"], {}
-    for size, p in MEMBERS:
-        key = name(size, p)
-        loss, samples = data[f"loss/{key}"], data[f"samples/{key}"]
-        rows[key] = {"size": size, "patch": p, "mflops": float(data[f"gflops/{key}"]) * 1e3,
-                     "params": int(data[f"params/{key}"]), "loss": loss.mean().item(),
-                     "loss_se": (loss.std() / math.sqrt(loss.numel())).item(),
-                     "fd": evaluate(samples).frechet_distance, "read_as_asked": read_as(samples, labels)}
-    return {"rows": rows, "data": data}
 
 
 def patch_note(rows: dict) -> str:
