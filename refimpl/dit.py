@@ -1,13 +1,13 @@
 """DiT: Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023; arXiv 2212.09748).
 
-The U-Net of DDPM, ADM and LDM replaced by a plain transformer over patches (Sec. 3.2). An I x I x C input (in
+The U-Net of DDPM, ADM and LDM replaced by a plain transformer over patches. An I x I x C input (in
 the paper the 32 x 32 x 4 latent of Stable Diffusion's autoencoder; here an 8 x 8 digit) is cut into p x p
 patches, each linearly embedded to width d (:func:`patchify` is the same map written out), giving
 T = (I / p)^2 tokens, plus frozen 2-D sine-cosine position embeddings (:func:`position_embedding`). N DiT blocks
 follow, then a final adaptive layer norm and a linear layer that decodes every token back into its p x p x C
 patch (:func:`unpatchify`). Halving p quadruples T and the compute while adding almost no parameters.
 
-Conditioning is adaLN-Zero (Sec. 3.2, Fig. 3): the timestep and class embeddings are summed into one vector c,
+Conditioning is adaLN-Zero: the timestep and class embeddings are summed into one vector c,
 and from c every block regresses the shift and scale of its two layer norms and a gate on each of its two
 residual branches; the gates' regression is zero-initialised, so every block starts as the identity and the
 untrained network outputs exactly zero.
@@ -38,7 +38,7 @@ CLASSES = 10        # digits 0..9; the null label (refimpl.nets.null_label) is 1
 P_UNCOND = 0.1      # DiT's label dropout (its class_dropout_prob), for classifier-free guidance
 FREQ_DIM = 256      # width of the sinusoidal timestep features fed to the timestep MLP (DiT's code)
 
-#: the paper's model family (Table 1): name -> (depth N, width d, heads), with patch sizes p in {2, 4, 8}
+#: the paper's model family (its official code): name -> (depth N, width d, heads), with patch sizes p in {2, 4, 8}
 PAPER_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
 #: the miniature family trained on 8 x 8 digits: name -> (depth, width, heads); every size with patch 4 and 2
@@ -103,7 +103,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 # --8<-- [start:block]
 class DiTBlock(nn.Module):
-    """A transformer block with adaLN-Zero (Fig. 3, right): from c, six vectors (shift, scale, gate) x (attention,
+    """A transformer block with adaLN-Zero: from c, six vectors (shift, scale, gate) x (attention,
     MLP); layer norms without their own affine parameters; each residual branch multiplied by its gate, whose
     regression starts at zero, so the block starts as the identity."""
 

@@ -112,7 +112,7 @@ def test_forward_gflops_counts_every_multiply_accumulate(p, width, depth, out):
 
 def test_forward_gflops_reproduces_the_papers_counts():
     """DiT-XL/2 on 32 x 32 x 4 latents (256 x 256 images), learned variance (8 output channels): 118.6 Gflops
-    (Sec. 5, Table 4), and 525 at 512 x 512 (64 x 64 latents; the official README's table)."""
+    (the paper's count), and 525 at 512 x 512 (64 x 64 latents; the official README's table)."""
     depth, width, _ = dit.PAPER_SIZES["XL"]
     xl2 = dict(width=width, depth=depth, patch_size=2, in_channels=4, out_channels=8)
     assert round(dit.forward_gflops({**xl2, "input_size": 32}), 1) == 118.6
