@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl.core import LineageError
-from refimpl.nets import _Labels
+from refimpl.nets import _batch_t, _Labels
 from refimpl.transformer import MultiHeadAttention
 
 CLASSES = 10        # digits 0..9; the null label (refimpl.nets.null_label) is 10
@@ -101,6 +101,11 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def mlp(width: int, hidden: int) -> nn.Sequential:
+    """The transformer MLP of DiT (and MM-DiT): Linear, tanh-approximated GELU, Linear."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+
 # --8<-- [start:block]
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero: from c, six vectors (shift, scale, gate) x (attention,
@@ -113,7 +118,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=eps)
         self.attn = MultiHeadAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = mlp(width, hidden)
         self.ada = nn.Linear(width, 6 * width)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -175,9 +180,7 @@ class DiT(nn.Module):
         return self.labels(emb, y)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        c = self.condition(t, y)
+        c = self.condition(_batch_t(t, x), y)
         h = self.embed(x).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             h = block(h, c)

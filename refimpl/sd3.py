@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refimpl.dit import modulate
+from refimpl.dit import mlp, modulate
 from refimpl.flow import interpolate, target
 from refimpl.transformer import attention
 
@@ -57,10 +57,6 @@ def loss_logit_normal(model, x: torch.Tensor, eps: torch.Tensor, generator: torc
 # --8<-- [end:logit_normal]
 
 
-def _mlp(width: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
-
-
 # --8<-- [start:joint_block]
 class JointBlock(nn.Module):
     """One MM-DiT block: an image stream and a text stream, each a DiT block (refimpl.dit.DiTBlock) with its own
@@ -76,9 +72,9 @@ class JointBlock(nn.Module):
         self.ada_x = nn.Linear(width, 6 * width)
         self.ada_c = nn.Linear(width, (2 if context_pre_only else 6) * width)
         self.qkv_x, self.qkv_c = nn.Linear(width, 3 * width), nn.Linear(width, 3 * width)
-        self.out_x, self.mlp_x = nn.Linear(width, width), _mlp(width)
+        self.out_x, self.mlp_x = nn.Linear(width, width), mlp(width, 4 * width)
         if not context_pre_only:
-            self.out_c, self.mlp_c = nn.Linear(width, width), _mlp(width)
+            self.out_c, self.mlp_c = nn.Linear(width, width), mlp(width, 4 * width)
 
     def _heads(self, t: torch.Tensor) -> list[torch.Tensor]:  # (B, L, 3 width) -> q, k, v of (B, heads, L, d_k)
         b, n, _ = t.shape

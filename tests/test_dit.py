@@ -147,7 +147,9 @@ def test_parity_with_diffusers_dit_transformer(p):
 def test_dits_code_deviates_from_diffusers_by_the_timestep_frequencies_and_an_epsilon():
     """Pinned: the same weights in DiT's own layout (freq_shift = 0, both layer norms at eps 1e-6) and in diffusers'
     default DiTTransformer2DModel (freq_shift 1, second norm at eps 1e-5) give different outputs. The frequencies
-    make a visible difference; the epsilon alone a tiny one (1e-5 against token variances ~1)."""
+    make a visible difference; the epsilon alone a tiny one, but a real one: moving eps by 9e-6 against token
+    variances of order 0.1-1 changes the normalised values by ~1e-5 relative, while the same configuration on both
+    sides differs only by float32 rounding (~1e-7 relative); asked: 5x the rounding difference (measured 27x)."""
     paper = _random(dit.DiT(patch_size=2, width=32, depth=2, heads=4))
     x, t, y = _inputs()
     with torch.no_grad():
@@ -156,9 +158,10 @@ def test_dits_code_deviates_from_diffusers_by_the_timestep_frequencies_and_an_ep
         shifted = dit.DiT(**{**paper.config, "freq_shift": 1})
         shifted.load_state_dict(paper.state_dict())
         eps_only = (shifted.eval()(x, t, y=y) - ref).abs().max()
-        assert 1e-7 < eps_only < 1e-3, eps_only
-        torch.testing.assert_close(shifted(x, t, y=y), _diffusers(paper, 1e-6)(x, t, class_labels=y).sample,
-                                   rtol=0, atol=1e-5)
+        matched = _diffusers(paper, 1e-6)(x, t, class_labels=y).sample
+        rounding = (shifted(x, t, y=y) - matched).abs().max()
+        assert 5 * rounding < eps_only < 1e-3, (eps_only, rounding)
+        torch.testing.assert_close(shifted(x, t, y=y), matched, rtol=0, atol=1e-5)
 
 
 def test_guided_model_of_cfg_runs_on_a_dit():
