@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl.core import LineageError
+from refimpl.embeddings import fourier_features
 from refimpl.nets import _batch_t, _Labels
 from refimpl.transformer import MultiHeadAttention
 
@@ -83,19 +84,6 @@ def position_embedding(width: int, side: int) -> torch.Tensor:
     return torch.cat([one_axis(cols), one_axis(rows)], dim=1).float()
 
 
-def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, freq_shift: int = 0,
-                      max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal timestep features ``[cos(t w_i), sin(t w_i)]`` with ``w_i = max_period^(-i / (dim/2 -
-    freq_shift))``, (B,) -> (B, dim). DiT's code uses freq_shift = 0; diffusers' DiTTransformer2DModel embeds t
-    with freq_shift = 1 (``Timesteps(flip_sin_to_cos=True, downscale_freq_shift=1)``): slightly different
-    frequencies, so a DiT checkpoint converted to diffusers does not compute exactly what it was trained to."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
-                      / (half - freq_shift))
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.cos(), args.sin()], dim=1)
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x * (1 + scale) + shift, with (B, width) shift and scale applied to every token of (B, T, width)."""
     return x * (1 + scale[:, None]) + shift[:, None]
@@ -132,7 +120,7 @@ class DiT(nn.Module):
     """The class-conditional diffusion transformer: ``model(x_t, t, y=labels) -> eps`` for (B, C, I, I) inputs.
 
     ``freq_shift`` and ``norm_eps`` are the two places where diffusers' DiTTransformer2DModel differs from DiT's
-    code (tests/test_dit.py): the timestep frequencies (:func:`timestep_features`) and the epsilon of the second
+    code (tests/test_dit.py): the timestep frequencies (:func:`refimpl.embeddings.fourier_features`) and the epsilon of the second
     layer norm of every block (diffusers' ``norm_eps``, 1e-5 by default; DiT's is 1e-6). Labels ``y`` are 0..9 or
     the null label 10; ``y=None`` means the null label."""
 
@@ -175,7 +163,7 @@ class DiT(nn.Module):
 
     def condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """c = timestep embedding + label embedding, (B, width)."""
-        emb = self.time(timestep_features(t, FREQ_DIM, self.freq_shift))
+        emb = self.time(fourier_features(t, FREQ_DIM, self.freq_shift))
         y = torch.full_like(t, self.labels.num_classes, dtype=torch.long) if y is None else y
         return self.labels(emb, y)
 
