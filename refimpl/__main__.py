@@ -15,6 +15,7 @@ PAPERS: dict[str, str] = {
     "flow": "refimpl.commands.flow",
     "consistency": "refimpl.commands.consistency",
     "dit": "refimpl.commands.dit",
+    "sdxl": "refimpl.commands.sdxl",
     "sd3": "refimpl.commands.sd3",
     "iddpm": "refimpl.commands.iddpm",
     "solvers": "refimpl.commands.solvers",
@@ -32,6 +33,8 @@ PAPERS: dict[str, str] = {
     "gpt": "refimpl.commands.gpt",
     "bert": "refimpl.commands.bert",
     "t5": "refimpl.commands.t5",
+    "rlhf": "refimpl.commands.rlhf",
+    "dpo": "refimpl.commands.dpo",
 }
 
 
