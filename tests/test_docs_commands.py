@@ -26,11 +26,10 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clitools import refimpl
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```bash\n(?P<body>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
@@ -74,9 +73,7 @@ def shared_runs(tmp_path_factory) -> Path:
 
 
 def run(argv: list[str], cwd: Path, page: Path, command: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LINEAGE_NO_PROGRESS="1")
-    result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = refimpl(*argv[3:], cwd=cwd, timeout=600)  # argv: python -m refimpl ...
     assert result.returncode == 0, f"{page.name}: `{command}` failed:\n{result.stderr[-2000:]}"
 
 
