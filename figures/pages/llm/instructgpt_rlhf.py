@@ -4,6 +4,7 @@ the optimum of the true reward, per iteration) and instructgpt_repro.md (the pap
 
 from pathlib import Path
 
+from matplotlib.ticker import NullFormatter, StrMethodFormatter
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +56,8 @@ def make(out: Path, preset: str) -> None:
     right.axhline(statistical, color="C1", lw=1, ls="--", label="有限比较留下的期望误差")
     right.set(xlabel="PPO 迭代（每次采样一批、更新 4 步）", ylabel="KL(π ‖ 目标)，各提示平均",
               title="步骤 3：PPO")
+    right.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))  # 10^-2 would set its exponent in 7 pt
+    right.yaxis.set_minor_formatter(NullFormatter())
     right.legend(fontsize=8, loc="lower left", borderaxespad=0.2)
     fig.tight_layout()
     save(fig, out / "instructgpt_rlhf.svg")
