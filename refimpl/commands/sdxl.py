@@ -3,32 +3,10 @@ U-Net sizes counted from the configs, and the shapes through a tiny SDXL-style U
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from refimpl import sdxl
-from refimpl.cli import add_common, positive_int
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text}")
-    return value
+from refimpl.cli import add_common, nonnegative_int, open_fraction, positive_int
 
 
 def add_commands(commands) -> None:
@@ -36,7 +14,7 @@ def add_commands(commands) -> None:
     cmd = commands.add_parser("conditioning", help="the six micro-conditioning ids and the vector they make")
     cmd.add_argument("--original-size", nargs=2, type=positive_int, default=(1024, 1024), metavar=("H", "W"),
                      help="c_size: the training image's size before resizing (default 1024 1024)")
-    cmd.add_argument("--crop", nargs=2, type=_nonnegative_int, default=(0, 0), metavar=("TOP", "LEFT"),
+    cmd.add_argument("--crop", nargs=2, type=nonnegative_int, default=(0, 0), metavar=("TOP", "LEFT"),
                      help="c_crop: pixels cropped from the top and the left (default 0 0)")
     cmd.add_argument("--target-size", nargs=2, type=positive_int, default=(1024, 1024), metavar=("H", "W"),
                      help="the bucket (target) size (default 1024 1024)")
@@ -50,7 +28,7 @@ def add_commands(commands) -> None:
 
     cmd = commands.add_parser("split", help="split SDXL's sampling timesteps between the base and the refiner")
     cmd.add_argument("--steps", type=positive_int, default=40, help="sampling steps (default 40)")
-    cmd.add_argument("--split", type=_fraction, default=0.8,
+    cmd.add_argument("--split", type=open_fraction, default=0.8,
                      help="denoising_end of the base = denoising_start of the refiner (default 0.8)")
     add_common(cmd)
     cmd.set_defaults(run=_run_split)
