@@ -1,5 +1,5 @@
 # Lineage: `make serve` builds the site with every figure and serves it;
-# `make test` runs the whole test suite (including a strict site build from a clean cache).
+# `make test` builds every figure from a clean cache, then runs the whole test suite (with a strict site build).
 # Both create or reuse the virtual environment in .venv and install what they need.
 
 PYTHON ?= python3
@@ -40,11 +40,14 @@ figures: $(VENV)/.installed
 corpus: $(VENV)/.installed
 	$(BIN)/python -c "from refimpl.text import snapshot; print(snapshot())"
 
-# A fresh figure/model cache for every run, so the site build inside the tests starts clean.
-# --dist loadgroup: the tests marked xdist_group("site") share one worker and so one site build.
-# Reports (external links, browser screenshots) land in .cache/test/reports.
+# A fresh figure/model cache for every run: every figure is built from a clean cache first, on all cores,
+# then the tests run (their site build finds the figures built; the learning tests read the same models).
+# Built beside the test workers instead, the figure processes shared the cores with them by time slices,
+# which cost each about 30% more CPU. --dist loadgroup: the tests marked xdist_group("site") share one
+# worker and so one site build. Reports (external links, browser screenshots) land in .cache/test/reports.
 test: $(VENV)/.installed
 	rm -rf .cache/test
+	LINEAGE_CACHE=$(CURDIR)/.cache/test $(BIN)/python -m figures build
 	LINEAGE_CACHE=$(CURDIR)/.cache/test $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 clean:

@@ -1,7 +1,8 @@
 """The site (verification ladder, rung 5): a strict build from a clean state, and what it must contain.
 
 The build uses the figure cache named by LINEAGE_CACHE; `make test` points that at a fresh
-directory, so every figure is regenerated (trained models are shared with the learning tests).
+directory and builds every figure into it before the tests run (trained models are shared with the learning
+tests); run alone, pytest builds whatever that cache lacks.
 """
 
 import html
