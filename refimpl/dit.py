@@ -120,9 +120,9 @@ class DiT(nn.Module):
     """The class-conditional diffusion transformer: ``model(x_t, t, y=labels) -> eps`` for (B, C, I, I) inputs.
 
     ``freq_shift`` and ``norm_eps`` are the two places where diffusers' DiTTransformer2DModel differs from DiT's
-    code (tests/test_dit.py): the timestep frequencies (:func:`refimpl.embeddings.fourier_features`) and the epsilon of the second
-    layer norm of every block (diffusers' ``norm_eps``, 1e-5 by default; DiT's is 1e-6). Labels ``y`` are 0..9 or
-    the null label 10; ``y=None`` means the null label."""
+    code (tests/test_dit.py): the timestep frequencies (:func:`refimpl.embeddings.fourier_features`) and the
+    epsilon of the second layer norm of every block (diffusers' ``norm_eps``, 1e-5 by default; DiT's is 1e-6).
+    Labels ``y`` are 0..9 or the null label 10; ``y=None`` means the null label."""
 
     def __init__(self, input_size: int = 8, patch_size: int = 2, in_channels: int = 1, width: int = 64,
                  depth: int = 3, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = CLASSES,

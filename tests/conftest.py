@@ -38,6 +38,21 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def instructgpt_run():
+    """The quick InstructGPT run of the site's figures (seed 0) on the toy preference task: ``(task, out)`` with
+    ``out`` as refimpl.rlhf.instructgpt returns it (SFT, comparisons, reward model, PPO). Shared by test_rlhf and
+    test_dpo (DPO trains on the same comparisons)."""
+    from refimpl import preferences, rlhf
+
+    sizes = preferences.SIZES["quick"]
+    task = preferences.make_task(sizes["prompts"], sizes["responses"], 0)
+    out = rlhf.instructgpt(task, demonstrations=sizes["demonstrations"], comparisons=sizes["comparisons"],
+                           beta=preferences.BETA, generator=torch.Generator().manual_seed(0),
+                           **rlhf.PPO_SETTINGS["quick"])
+    return task, out
+
+
+@pytest.fixture(scope="session")
 def s64():
     """The DDPM linear schedule (T = 1000) in float64: closed-form identities hold to ~1e-12."""
     from refimpl.schedules import Schedule, linear_betas

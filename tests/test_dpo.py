@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refimpl import checkpoint, dpo, preferences, rlhf
+from refimpl import checkpoint, dpo, preferences
 from refimpl.__main__ import PAPERS
 from refimpl.cli import main
 from refimpl.preferences import Comparisons
@@ -16,17 +16,13 @@ from refimpl.preferences import Comparisons
 torch.set_num_threads(1)
 F64 = torch.float64
 BETA = preferences.BETA
-SIZES = preferences.SIZES["quick"]
 
 
 @pytest.fixture(scope="module")
-def run():
-    """The quick run of the site's figures: seed 0, the same comparisons for both routes."""
-    task = preferences.make_task(SIZES["prompts"], SIZES["responses"], 0)
-    out = rlhf.instructgpt(task, demonstrations=SIZES["demonstrations"], comparisons=SIZES["comparisons"], beta=BETA,
-                           generator=torch.Generator().manual_seed(0), **rlhf.PPO_SETTINGS["quick"])
-    out["dpo"] = dpo.train_dpo(out["sft"], out["data"], BETA)
-    return task, out
+def run(instructgpt_run):
+    """The quick run of the site's figures (tests/conftest.py), plus DPO on the same comparisons."""
+    task, out = instructgpt_run
+    return task, {**out, "dpo": dpo.train_dpo(out["sft"], out["data"], BETA)}
 
 
 def _random_problem(seed):

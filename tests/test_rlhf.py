@@ -16,16 +16,12 @@ from refimpl.preferences import Comparisons
 torch.set_num_threads(1)
 F64 = torch.float64
 BETA = preferences.BETA
-SIZES = preferences.SIZES["quick"]
 
 
 @pytest.fixture(scope="module")
-def run():
-    """The quick run of the site's figures: seed 0, SFT -> reward model -> PPO."""
-    task = preferences.make_task(SIZES["prompts"], SIZES["responses"], 0)
-    out = rlhf.instructgpt(task, demonstrations=SIZES["demonstrations"], comparisons=SIZES["comparisons"], beta=BETA,
-                           generator=torch.Generator().manual_seed(0), **rlhf.PPO_SETTINGS["quick"])
-    return task, out
+def run(instructgpt_run):
+    """The quick run of the site's figures: seed 0, SFT -> reward model -> PPO (tests/conftest.py)."""
+    return instructgpt_run
 
 
 def _gradient(loss, at: torch.Tensor) -> torch.Tensor:
