@@ -26,8 +26,8 @@ os.environ.setdefault("LINEAGE_NO_PROGRESS", "1")
 
 import torch  # noqa: E402
 
-from refimpl import (adm, bert, clip, ddpm, gpt, glide, iddpm, ldm, ncsn, nonequilibrium, sde,  # noqa: E402
-                     t5)
+from refimpl import (adm, bert, clip, ddpm, gpt, glide, iddpm, ldm, llama, ncsn, nonequilibrium,  # noqa: E402
+                     sde, t5)
 from refimpl.__main__ import PAPERS  # noqa: E402
 from refimpl.cli import main as cli  # noqa: E402
 
@@ -49,6 +49,7 @@ TRAINERS = {
     "gpt": (["gpt", "train"], gpt.PRESETS["full"]["steps"], "--steps"),
     "bert": (["bert", "train"], bert.PRESETS["full"]["steps"], "--steps"),
     "t5": (["t5", "train"], t5.PRESETS["full"]["steps"], "--steps"),
+    "llama": (["llama", "train"], llama.PRESETS["full"]["steps"], "--steps"),
 }
 
 

@@ -33,6 +33,7 @@ PAPERS: dict[str, str] = {
     "gpt": "refimpl.commands.gpt",
     "bert": "refimpl.commands.bert",
     "t5": "refimpl.commands.t5",
+    "llama": "refimpl.commands.llama",
     "rlhf": "refimpl.commands.rlhf",
     "dpo": "refimpl.commands.dpo",
 }

@@ -39,7 +39,7 @@ class GPT(nn.Module):
         return self.body(tokens) @ self.body.token.weight.T
 
 
-def lm_loss(model: GPT, window: torch.Tensor) -> torch.Tensor:
+def lm_loss(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
     """GPT-1 Eq. (1) as a mean cross-entropy (nats/token): position i of ``window[:, :-1]`` predicts
     ``window[:, i + 1]``; the causal mask makes the prediction depend on tokens <= i only."""
     logits = model(window[:, :-1])
@@ -47,27 +47,37 @@ def lm_loss(model: GPT, window: torch.Tensor) -> torch.Tensor:
 # --8<-- [end:model]
 
 
-def held_out_loss(model: GPT, ids: torch.Tensor, *, batch: int = 64) -> float:
-    """Mean cross-entropy (nats/char) of ``ids[1:]`` given what precedes each character inside consecutive,
-    non-overlapping windows of ``model.max_len`` predictions (deterministic: every target is scored once; a
-    window's first prediction sees one character of context). Compare with :func:`refimpl.text.unigram_nll`
-    on the same targets ``ids[1:]``."""
-    n = model.max_len
-    chunks = [ids[s: s + n + 1] for s in range(0, ids.numel() - 1, n)]
+def held_out_losses(model: nn.Module, ids: torch.Tensor, *, context: int | None = None,
+                    batch: int = 64) -> torch.Tensor:
+    """Cross-entropy (nats) of every character of ``ids[1:]``, in text order (float64), given what precedes it
+    inside consecutive, non-overlapping windows of ``context`` predictions (default ``model.max_len``;
+    deterministic: every target is scored once; a window's first prediction sees one character of context).
+    Any causal language model ``model(tokens) -> logits`` will do (GPT, LLaMA)."""
+    n = context or model.max_len
+    starts = list(range(0, ids.numel() - 1, n))
+    losses = torch.empty(ids.numel() - 1, dtype=torch.float64)
     device = next(model.parameters()).device
-    total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for length in sorted({c.numel() for c in chunks}):  # the last chunk may be shorter
-            same = torch.stack([c for c in chunks if c.numel() == length])
-            for part in same.split(batch):
-                logits = model(part[:, :-1].to(device)).float()
-                targets = part[:, 1:].reshape(-1).to(device)
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum"))
-                count += part[:, 1:].numel()
+        lengths = {s: min(n + 1, ids.numel() - s) for s in starts}  # the last window may be shorter
+        for length in sorted(set(lengths.values())):
+            same = [s for s in starts if lengths[s] == length]
+            for part in [same[i: i + batch] for i in range(0, len(same), batch)]:
+                chunk = torch.stack([ids[s: s + length] for s in part])
+                logits = model(chunk[:, :-1].to(device)).float()
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1).to(device),
+                                       reduction="none").reshape(len(part), length - 1).double().cpu()
+                for s, row in zip(part, loss):
+                    losses[s: s + length - 1] = row
     model.train(was_training)
-    return total / count
+    return losses
+
+
+def held_out_loss(model: nn.Module, ids: torch.Tensor, *, context: int | None = None, batch: int = 64) -> float:
+    """Mean of :func:`held_out_losses` (nats/char). Compare with :func:`refimpl.text.unigram_nll` on the same
+    targets ``ids[1:]``."""
+    return float(held_out_losses(model, ids, context=context, batch=batch).mean())
 
 
 # --8<-- [start:generate]
@@ -138,24 +148,40 @@ def train_config(preset: str = "quick", *, steps: int | None = None, seed: int =
 def train(config: dict, out=None, *, device=None, resume: bool = True, progress: bool = True, data=None):
     """Minimise :func:`lm_loss` on random windows of the training text (``data``: a :func:`text_data` tuple
     already read; default: read the notes now). Returns (model, loss history)."""
-    from refimpl.training import fit
-
-    tok, train_ids, _, text_hash = data or text_data()
-    if tok.chars != config["chars"] or text_hash != config["text_sha256"]:
-        raise LineageError("the notes changed since this config was made: make a new config (train_config)")
+    data = data or text_data()
+    check_notes(config, data)
     with torch.random.fork_rng(devices=[]):  # the initial weights follow config["seed"]; global RNG untouched
         torch.manual_seed(config["seed"])
         model = GPT(**config["model"])
-    context = config["model"]["max_len"]
+    history = fit_notes(model, config, config["model"]["max_len"], out, model_name="gpt", device=device,
+                        resume=resume, progress=progress, data=data)
+    return model, history
+
+
+def check_notes(config: dict, data) -> None:
+    """Refuse a config made from other notes than ``data`` (a :func:`text_data` tuple): its characters and
+    training text must be the ones the config records."""
+    tok, _, _, text_hash = data
+    if tok.chars != config["chars"] or text_hash != config["text_sha256"]:
+        raise LineageError("the notes changed since this config was made: make a new config (train_config)")
+
+
+def fit_notes(model: nn.Module, config: dict, context: int, out=None, *, model_name: str, device=None,
+              resume: bool = True, progress: bool = True, data=None) -> list[tuple[int, float]]:
+    """Train any causal language model on the notes: :func:`lm_loss` on ``config["batch_size"]`` random windows of
+    ``context + 1`` training characters per step, with refimpl.training.fit and the steps, lr, warmup and seed
+    that ``config`` records. Returns the loss history."""
+    from refimpl.training import fit
+
+    _, train_ids, _, _ = data or text_data()
 
     def loss_fn(model, generator):
         window = windows(train_ids, context + 1, config["batch_size"], generator)
         return lm_loss(model, window.to(next(model.parameters()).device))
 
-    history = fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name="gpt", config=config,
-                  device=device, seed=config["seed"], batch_size=config["batch_size"], warmup=config["warmup"],
-                  resume=resume, progress=progress)
-    return model, history
+    return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name, config=config,
+               device=device, seed=config["seed"], batch_size=config["batch_size"], warmup=config["warmup"],
+               resume=resume, progress=progress)
 # --8<-- [end:train]
 
 

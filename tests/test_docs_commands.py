@@ -110,6 +110,7 @@ FIGURE_RUNS = {
     "gpt train": ("figures.zoo.gpt", "gpt_run", ()),
     "bert train": ("figures.zoo.bert", "bert_checkpoint", ()),
     "t5 train": ("figures.zoo.t5", "t5_checkpoint", ()),
+    "llama train": ("figures.zoo.llama", "llama_checkpoint", ()),
 }
 
 

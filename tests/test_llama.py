@@ -1,12 +1,18 @@
 """The modern decoder (refimpl.llama) and its switches on refimpl.transformer's block: RoPE's relative-position
 property, grouped-query attention against multi-head and multi-query attention, SwiGLU, the KV cache's exactness,
-and parity with transformers' LlamaForCausalLM (weights copied across)."""
+parity with transformers' LlamaForCausalLM (weights copied across), training on the notes (the cached quick run of
+figures/zoo/llama.py and its GPT-style baseline) and the command line."""
+
+import math
 
 import pytest
 import torch
 import transformers  # a test dependency: if it is missing these tests must fail, not skip
 
-from refimpl.llama import Llama, generate, swiglu_hidden
+from refimpl import gpt, llama
+from refimpl.cli import main as cli_main
+from refimpl.core import LineageError
+from refimpl.llama import Llama, generate, kv_cache_size, swiglu_hidden
 from refimpl.transformer import MultiHeadAttention, SwiGLU, attention, rotary_tables, rotate
 
 torch.set_num_threads(1)
@@ -166,3 +172,116 @@ def test_matches_transformers_llama_with_non_default_eps_theta_and_gqa():
         unpermuted = _hf(model, permute=False)(tokens).logits
     assert (ours - theirs).abs().max() < 1e-5  # float32 rounding of the same sums in another order
     assert (ours - unpermuted).abs().max() > 1e-2  # the pairing convention matters: without the reorder they differ
+
+
+def test_kv_cache_size_is_what_the_cache_holds():
+    # After a prompt of L tokens each block's cache holds a key and a value per key/value head and position:
+    # B * 2 * depth * kv_heads * head_dim * L values in all, the formula of the page's memory table; grouped-query
+    # attention (2 key/value heads for 4 query heads) halves what multi-head attention would hold.
+    for kv_heads in (1, 2, 4):
+        model = _model(kv_heads=kv_heads)
+        caches = [{} for _ in model.blocks]
+        with torch.no_grad():
+            model(torch.randint(0, 50, (3, 7), generator=_gen(11)), caches)
+        held = sum(c["k"].numel() + c["v"].numel() for c in caches)
+        assert held == 3 * kv_cache_size(depth=2, kv_heads=kv_heads, head_dim=8, tokens=7)
+    assert kv_cache_size(32, 32, 128) * 2 == 2 ** 19  # LLaMA-7B in 16 bits: 0.5 MiB per token
+
+
+# --- training on the notes, the cached quick model, the command line -----------------------------------------
+
+def test_train_config_records_the_whole_model_and_leaves_the_global_rng_alone():
+    data = gpt.text_data()
+    state = torch.get_rng_state()
+    config = llama.train_config("quick", data=data)
+    assert torch.equal(state, torch.get_rng_state())  # built on the meta device: nothing drawn
+    m = config["model"]
+    assert m == Llama(**m).config and m["mlp_hidden"] == swiglu_hidden(m["width"]) and m["kv_heads"] < m["heads"]
+    assert config["chars"] == data[0].chars and config["context"] == llama.PRESETS["quick"]["context"]
+    with pytest.raises(LineageError, match="unknown preset"):
+        llama.train_config("huge", data=data)
+
+
+def test_train_resumes_loads_and_refuses_other_notes(tmp_path):
+    # Two steps, then two more from the checkpoint: the same weights as four steps at once (refimpl.training.fit
+    # resumes exactly on CPU: the same batches from the checkpointed generator). load() gives the trained model.
+    data = gpt.text_data()
+    config = llama.train_config("quick", steps=4, data=data)
+    whole, _ = llama.train(config, tmp_path / "a", progress=False, data=data)
+    llama.train({**config, "steps": 2}, tmp_path / "b", progress=False, data=data)
+    resumed, _ = llama.train(config, tmp_path / "b", progress=False, data=data)
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    loaded, tok, recorded = llama.load(tmp_path / "a")
+    tokens = tok.encode("扩散模型")[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), whole.eval()(tokens))
+    assert recorded["context"] == config["context"] and tok.chars == config["chars"]
+    with pytest.raises(LineageError, match="notes changed"):
+        llama.train({**config, "text_sha256": "0" * 64}, tmp_path / "c", progress=False, data=data)
+
+
+@pytest.mark.slow
+def test_quick_llama_learns_and_the_ablation_is_fair():
+    """The cached quick runs (figures/zoo/llama.py). Held-out loss in nats/char against the add-one unigram model of
+    the training text on the same targets. Noise: the standard error of the paired difference (model - unigram) over
+    blocks of 4 evaluation windows (256 characters; neighbouring characters are correlated, blocks of several lines
+    much less), measured 0.01-0.04 nats. A margin of 10 standard errors leaves a chance below 1e-20 that a model no
+    better than the unigram passes by luck of the held-out text. Every curve must also fall by more than that from
+    its untrained model (about ln V, near uniform). Fair: the three models share the width, depth, heads, context and
+    the whole optimisation; the baselines differ from each other only in the output layer and embedding init."""
+    from figures.zoo.llama import ablation_run, curve, gpt_baseline
+
+    run = ablation_run("quick")
+    c = curve(run)
+    for name in ("llama", "gpt_blocks", "gpt"):
+        held, se = c[name]["held_out"], c["se"][f"{name}-unigram"]
+        assert held[-1] < c["unigram"] - 10 * se, (name, held[-1], c["unigram"], se)
+        assert held[-1] < held[0] - 10 * se, name
+    _, tok, config = llama.load(run / "llama")
+    assert abs(c["llama"]["held_out"][0] - math.log(len(tok))) < 0.5  # the untrained model is close to uniform
+    assert config == {**llama.train_config("quick"), "train": config["train"]}  # what `llama train` records
+    model = gpt.load(run / "gpt")[0].config
+    assert model == gpt_baseline(config)["model"] and {k: model[k] for k in ("width", "depth", "heads")} == {
+        k: config["model"][k] for k in ("width", "depth", "heads")} and model["max_len"] == config["context"]
+    assert c["gpt_blocks"]["params"]["non_embedding"] == c["gpt"]["params"]["non_embedding"]  # the same blocks
+
+
+def _cli(*args: str) -> int:
+    return cli_main({"llama": "refimpl.commands.llama"}, ["llama", *args])
+
+
+def test_cli_trains_generates_with_and_without_the_cache_and_refuses_bad_input(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert _cli("train", "--steps", "2", "--out", run, "--quiet", "--device", "cpu") == 0
+    assert "held-out loss" in capsys.readouterr().out
+    texts = []
+    for extra in ([], ["--no-cache"]):
+        assert _cli("generate", "--ckpt", run, "--prompt", "扩散", "--tokens", "12", "--device", "cpu", *extra) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and texts[0].startswith("扩散")
+    other = tmp_path / "gpt"
+    data = gpt.text_data()
+    gpt.train(gpt.train_config("quick", steps=1, data=data), other, progress=False, data=data)
+    for extra, fragment in ((["--prompt", "扩散\U0001F600"], "not in the vocabulary"),
+                            (["--prompt", ""], "empty"),
+                            (["--tokens", "0"], "positive integer"),
+                            (["--ckpt", str(tmp_path / "missing")], str(tmp_path / "missing")),
+                            (["--ckpt", str(other)], "holds a 'gpt' model")):
+        base = {"--ckpt": run, "--prompt": "扩散"} | dict(zip(extra[::2], extra[1::2]))
+        assert _cli("generate", *[item for pair in base.items() for item in pair]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("refimpl: error:") and fragment in err[0], (fragment, err)
+
+
+def test_the_page_states_the_presets(repo_root):
+    # The sizes typed in the page's 动手跑 tabs are the presets' (everything measured comes from generated includes).
+    page = (repo_root / "docs" / "llm" / "llama.md").read_text(encoding="utf-8")
+    for name in ("quick", "full"):
+        p = llama.PRESETS[name]
+        m = p["model"]
+        sizes = (f"{m['depth']} 层、宽 {m['width']}、{m['heads']} 个查询头、{m['kv_heads']} 个键值头、"
+                 f"上下文 {p['context']} 个字符")
+        assert sizes in page, name
+    p = llama.PRESETS["full"]
+    assert (f"{p['steps']} 步，batch {p['batch_size']}，学习率 {p['lr']:g}（预热 {p['warmup']} 步）") in page
