@@ -24,16 +24,22 @@ def add_commands(commands) -> None:
     cmd.set_defaults(run=_run_sample)
 
 
-def _run_train(args) -> int:
+def train_on_notes(paper, args) -> int:
+    """``train`` of a character-level language model on the notes: ``paper`` is refimpl.gpt or refimpl.llama (their
+    text_data, train_config and train); prints the held-out loss beside the unigram baseline."""
     device = pick_device(args.device)
-    data = gpt.text_data()
-    config = gpt.train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
-    model, _ = gpt.train(config, args.out, device=device, progress=not args.quiet, data=data)
+    data = paper.text_data()
+    config = paper.train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
+    model, _ = paper.train(config, args.out, device=device, progress=not args.quiet, data=data)
     _, train_ids, held_ids, _ = data
-    print(f"trained gpt for {config['steps']} steps on {device}; held-out loss "
-          f"{gpt.held_out_loss(model, held_ids):.3f} nats/char (unigram baseline "
+    print(f"trained {paper.__name__.rsplit('.', 1)[-1]} for {config['steps']} steps on {device}; held-out loss "
+          f"{gpt.held_out_loss(model, held_ids, context=config.get('context')):.3f} nats/char (unigram baseline "
           f"{unigram_nll(train_ids, held_ids[1:], config['model']['vocab_size']):.3f}); checkpoint: {args.out}")
     return 0
+
+
+def _run_train(args) -> int:
+    return train_on_notes(gpt, args)
 
 
 def _run_sample(args) -> int:

@@ -8,9 +8,8 @@ import time
 
 from refimpl import llama
 from refimpl.cli import add_common, add_train_command, positive_int
+from refimpl.commands.gpt import train_on_notes
 from refimpl.core import LineageError, pick_device
-from refimpl.gpt import held_out_loss
-from refimpl.text import unigram_nll
 
 
 def add_commands(commands) -> None:
@@ -29,15 +28,7 @@ def add_commands(commands) -> None:
 
 
 def _run_train(args) -> int:
-    device = pick_device(args.device)
-    data = llama.text_data()
-    config = llama.train_config(args.preset, steps=args.steps, seed=args.seed, data=data)
-    model, _ = llama.train(config, args.out, device=device, progress=not args.quiet, data=data)
-    _, train_ids, held_ids, _ = data
-    print(f"trained llama for {config['steps']} steps on {device}; held-out loss "
-          f"{held_out_loss(model, held_ids, context=config['context']):.3f} nats/char (unigram baseline "
-          f"{unigram_nll(train_ids, held_ids[1:], config['model']['vocab_size']):.3f}); checkpoint: {args.out}")
-    return 0
+    return train_on_notes(llama, args)
 
 
 def _run_generate(args) -> int:
