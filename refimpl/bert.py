@@ -141,7 +141,7 @@ def text_data(chars: str | None = None) -> tuple[CharTokenizer, torch.Tensor, to
 
 #: sizes per preset; a preset changes sizes, never the algorithm. quick: ~35 s on one CPU thread
 PRESETS = {
-    "quick": {"model": {"max_len": 64, "width": 64, "depth": 2, "heads": 4}, "steps": 800, "batch_size": 32,
+    "quick": {"model": {"max_len": 64, "width": 64, "depth": 2, "heads": 4}, "steps": 500, "batch_size": 32,
               "lr": 2e-3, "warmup": 40},
     "full": {"model": {"max_len": 128, "width": 256, "depth": 6, "heads": 8}, "steps": 20000, "batch_size": 128,
              "lr": 5e-4, "warmup": 1000},

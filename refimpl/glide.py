@@ -153,7 +153,7 @@ def sample(model: TextConditionalUNet, texts: list[str], schedule: Schedule, *, 
 TEXT = {"vocab_size": len(VOCAB), "max_len": MAX_LEN, "width": 64, "depth": 2, "heads": 4}
 #: sizes per preset; a preset changes sizes, never the algorithm (T = 1000, linear betas, L_simple)
 PRESETS = {
-    "quick": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "base": 32, "mults": [1, 1], "text": TEXT,
+    "quick": {"steps": 700, "batch_size": 64, "lr": 2e-3, "base": 32, "mults": [1, 1], "text": TEXT,
               "clip_steps": 500, "clip_batch_size": 64, "clip_dim": 32},
     "full": {"steps": 60000, "batch_size": 256, "lr": 2e-4, "base": 64, "mults": [1, 2],
              "text": {**TEXT, "width": 256, "depth": 4},

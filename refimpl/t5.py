@@ -206,7 +206,7 @@ def target_nll(model: T5, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 #: sizes per preset (the algorithm is the same): windows of ``length`` characters, of which 15% are corrupted
 PRESETS = {
-    "quick": {"width": 96, "depth": 2, "heads": 4, "length": 64, "steps": 450, "batch_size": 32, "lr": 3e-3},
+    "quick": {"width": 96, "depth": 2, "heads": 4, "length": 64, "steps": 300, "batch_size": 32, "lr": 3e-3},
     "full": {"width": 512, "depth": 6, "heads": 8, "length": 256, "steps": 20000, "batch_size": 128, "lr": 1e-3},
 }
 
