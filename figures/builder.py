@@ -294,6 +294,29 @@ def _data_names(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     return names
 
 
+@functools.lru_cache(maxsize=4096)
+def _warm_up_name(path: Path, mtime_ns: int, size: int) -> str | None:
+    """The function a module names in a top-level ``WORKER_WARM_UP = "name"`` (see :data:`PRELOAD`)."""
+    name = _literal(ast.parse(path.read_bytes(), filename=str(path)), "WORKER_WARM_UP")
+    if name is ...:
+        return None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise FigureError(f"{path.name}: WORKER_WARM_UP must name a function of the module")
+    return name
+
+
+def warm_ups(script: Script, root: Path, packages: Sequence[str]) -> list[str]:
+    """``module:function`` for every module in the script's import closure that names a ``WORKER_WARM_UP``."""
+    found = []
+    for path in module_closure(script.path, root=root, packages=packages):
+        if path.suffix == ".py" and path != script.path.resolve():
+            stat = path.stat()
+            function = _warm_up_name(path, stat.st_mtime_ns, stat.st_size)
+            if function:
+                found.append(".".join(_module_name(root, path)[0]) + ":" + function)
+    return found
+
+
 def _data_files(path: Path) -> list[Path]:
     stat = path.stat()
     files = [path.parent / name for name in _data_names(path, stat.st_mtime_ns, stat.st_size)]
@@ -581,9 +604,14 @@ def _tail(log: Path, lines: int = 12) -> list[str]:
     return keep[-lines:]
 
 
-#: third-party modules a worker imports once, before it forks a child per script (never a project module:
-#: every script still imports the project's code fresh, in its own child). torch._dynamo: the first optimizer a
-#: process builds imports it, ~1.7 CPU-s that every training script would otherwise pay again
+#: third-party modules a worker imports once, before it forks a child per script. torch._dynamo: the first
+#: optimizer a process builds imports it, ~1.7 CPU-s that every training script would otherwise pay again.
+#: Project modules are imported fresh in each child, except one that names a pure, argument-free function in a
+#: top-level ``WORKER_WARM_UP = "name"``: the worker imports it and calls that function once, before it forks
+#: the first script whose import closure holds the module, so that every later such script inherits the result
+#: (refimpl.digits_eval's probe classifier, ~2 CPU-s, which some 20 scripts of a cold build would each train
+#: again). The function must leave no trace but its own cached result (no global RNG draws), so that a script
+#: computes the same whether it ran forked or in a new interpreter; its CPU time counts to that first script.
 PRELOAD = ("numpy", "torch", "torch._dynamo", "matplotlib.pyplot", "sklearn.datasets", "safetensors.torch",
            "PIL.Image")
 
@@ -601,18 +629,19 @@ class _Worker:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env, self.proc = root, env, None
 
-    def run(self, script: Path, out: Path, preset: str, log: Path) -> int:
-        """The exit status of ``run_one(script, out, preset)`` (negative: killed by that signal)."""
+    def run(self, script: Path, out: Path, preset: str, log: Path, warm: Sequence[str] = ()) -> tuple[int, float]:
+        """The exit status of ``run_one(script, out, preset)`` (negative: killed by that signal) and the CPU seconds
+        the worker spent first on the ``warm`` functions (``module:function``) it had not called yet."""
         if not self.FORK:
             with open(log, "wb") as fh:
                 return subprocess.run([sys.executable, "-m", "figures", "_run-one", str(script), str(out), preset],
                                       cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=fh,
-                                      stderr=subprocess.STDOUT).returncode
+                                      stderr=subprocess.STDOUT).returncode, 0.0
         if self.proc is None:
             self.proc = subprocess.Popen([sys.executable, "-m", "figures", "_worker"], cwd=self.root, env=self.env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            self.proc.stdin.write(json.dumps([str(script), str(out), preset, str(log)]) + "\n")
+            self.proc.stdin.write(json.dumps([str(script), str(out), preset, str(log), list(warm)]) + "\n")
             self.proc.stdin.flush()
             reply = self.proc.stdout.readline()
         except BrokenPipeError:
@@ -620,7 +649,8 @@ class _Worker:
         if not reply:
             self.proc = None
             raise OSError("the figure worker process died")
-        return int(reply)
+        code, warm_cpu = reply.split()
+        return int(code), float(warm_cpu)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -631,14 +661,26 @@ class _Worker:
 
 def worker_loop() -> int:
     """The worker side of :class:`_Worker`: import :data:`PRELOAD`, then for each request line (script, out,
-    preset, log) fork a child that runs :func:`run_one` with its output in the log, and answer its exit status."""
+    preset, log, warm-ups) call the warm-ups not called yet, fork a child that runs :func:`run_one` with its output
+    in the log, and answer its exit status and the warm-ups' CPU seconds."""
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
             pass
+    warmed: set[str] = set()
     for line in sys.stdin:
-        script, out, preset, log = json.loads(line)
+        script, out, preset, log, warm = json.loads(line)
+        start = time.process_time()
+        for name in warm:
+            if name not in warmed:
+                warmed.add(name)
+                module, _, function = name.partition(":")
+                try:
+                    getattr(importlib.import_module(module), function)()
+                except Exception:  # noqa: BLE001 - the script's own call fails again, with the error in its log
+                    pass
+        warm_cpu = time.process_time() - start
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -655,12 +697,12 @@ def worker_loop() -> int:
                 sys.stderr.flush()
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status), flush=True)
+        print(os.waitstatus_to_exitcode(status), f"{warm_cpu:.3f}", flush=True)
     return 0
 
 
-def _run_script(script: Script, key: str, cache: Path, preset: str,
-                worker: _Worker) -> tuple[Path | None, str | None, dict]:
+def _run_script(script: Script, key: str, cache: Path, preset: str, worker: _Worker,
+                warm: Sequence[str] = ()) -> tuple[Path | None, str | None, dict]:
     """Run one script on ``worker``; (entry, None, timing) on success, (None, error, {}) on failure.
 
     ``timing`` is the child's record: its CPU seconds and what each cached() call cost (see ARTIFACT_TIMES)."""
@@ -668,7 +710,7 @@ def _run_script(script: Script, key: str, cache: Path, preset: str,
     log = tmp.with_name(tmp.name + "-log")
     timing_file = tmp.with_name(tmp.name + "-timing")
     try:
-        returncode = worker.run(script.path, tmp, preset, log)
+        returncode, warm_cpu = worker.run(script.path, tmp, preset, log, warm)
         if returncode != 0:
             tail = _tail(log)
             if returncode < 0:
@@ -693,6 +735,8 @@ def _run_script(script: Script, key: str, cache: Path, preset: str,
             timing = json.loads(timing_file.read_text())
         except (OSError, ValueError):
             timing = {}
+        if warm_cpu:  # the warm-ups the worker ran for this script count to it, as if it had run them itself
+            timing["cpu"] = timing.get("cpu", 0.0) + warm_cpu
         return entry, None, timing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -952,7 +996,8 @@ def build(root: Path | str = REPO_ROOT, preset: str | None = None, jobs: int | N
                 worker = _Worker(root, env)
                 started_workers.append(worker)
             try:
-                entry, error, timing = _run_script(script, key, cache, preset, worker)
+                entry, error, timing = _run_script(script, key, cache, preset, worker,
+                                                   warm_ups(script, root, packages))
             except OSError as err:  # e.g. a full disk while publishing
                 entry, error, timing = None, f"figure {script.name} failed: {type(err).__name__}: {err}", {}
             idle.put(worker)

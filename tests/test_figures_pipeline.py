@@ -400,6 +400,47 @@ def test_cached_artifact_is_produced_once(fake: Path, tmp_path: Path):
     assert len(made) == 2 and len({str(other), str(third), paths[0]}) == 3
 
 
+WARMED = """\
+import pathlib
+import time
+
+WORKER_WARM_UP = "probe"
+_RESULT = []
+
+
+def probe():
+    if not _RESULT:  # cached, and pure apart from this log line (the test's witness of where it ran)
+        with open(pathlib.Path(__file__).parents[1] / "ran.log", "a") as fh:
+            fh.write("probe\\n")
+        start = time.process_time()
+        while time.process_time() - start < 0.3:
+            pass
+        _RESULT.append(42)
+    return _RESULT[0]
+"""
+
+
+def test_a_worker_warm_up_runs_once_before_the_scripts_that_import_it(fake: Path, tmp_path: Path):
+    """A module naming WORKER_WARM_UP has that function called once by the worker, before it forks the first
+    script whose closure holds the module: later scripts inherit the result, a script without the module never
+    triggers it, and its CPU time is recorded against the first script that needed it (not lost)."""
+    write(fake / "pkg" / "w.py", WARMED)
+    for name in ("fig_w1", "fig_w2"):
+        figure(fake, name, (f"{name}.txt",), f'(out / "{name}.txt").write_text(str(w.probe()))', "from pkg import w")
+    cache = tmp_path / "cache"
+    result = build(root=fake, packages=("pkg",), cache_dir=cache, jobs=1, log=lambda line: None)
+    assert {(result[n].outputs[f"{n}.txt"]).read_text() for n in ("fig_w1", "fig_w2")} == {"42"}
+    log = ran(fake)
+    assert sorted(n for n in log if n != "probe") == ["fig_a", "fig_b", "fig_w1", "fig_w2"]
+    if builder._Worker.FORK:  # one worker (jobs=1): one warm-up, before the first script that imports pkg.w
+        assert log.count("probe") == 1
+        assert log.index("probe") == min(log.index("fig_w1"), log.index("fig_w2")) - 1
+    else:  # a new interpreter per script: each pays for itself
+        assert log.count("probe") == 2
+    timings = builder.Timings.load(fake, cache).scripts
+    assert timings["fig_w1"]["cpu"] + timings["fig_w2"]["cpu"] >= 0.3
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
