@@ -5,7 +5,8 @@
   (refimpl.transformer.Block with ``prenorm=False``) and GELU (BERT's choice; the 2017 paper used ReLU), no causal
   mask. Input = token embedding + learned position embedding, then LayerNorm (Sec. 3, "Input/Output
   Representations", Fig. 2). We train on single-segment text, so there is no segment (token-type) embedding and
-  no [CLS]/[SEP] tokens.
+  no [CLS]/[SEP] tokens; ``segments=2`` adds the segment embeddings E_A, E_B (Fig. 2) that released BERT weights
+  carry (:mod:`refimpl.pretrained`).
 - Task #1, masked LM (Sec. 3.1): 15% of the positions are chosen; a chosen token is replaced by <mask> 80% of the
   time, by a random token 10% of the time and left unchanged 10% of the time; the cross-entropy is taken on the
   chosen positions only. Task #2, next sentence prediction, is skipped.
@@ -32,25 +33,35 @@ PLACEHOLDER = "[MASK]"  # what a user types for a masked character in fill()
 # --8<-- [start:model]
 class BERT(nn.Module):
     """Masked-LM BERT: ``(B, L)`` int64 tokens -> ``(B, L, vocab_size)`` logits. Every position attends to every
-    non-padding position on both sides (``key_padding_mask`` (B, L), True at padding)."""
+    non-padding position on both sides (``key_padding_mask`` (B, L), True at padding). ``segments`` > 0 adds a
+    segment embedding (``segment_ids`` (B, L), default all 0: sentence A); ``eps`` is every LayerNorm's epsilon
+    (released BERT weights: 1e-12)."""
 
-    def __init__(self, vocab_size: int, max_len: int, width: int = 64, depth: int = 2, heads: int = 4):
+    def __init__(self, vocab_size: int, max_len: int, width: int = 64, depth: int = 2, heads: int = 4, *,
+                 segments: int = 0, eps: float = EPS):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth, heads=heads)
+        if (segments, eps) != (0, EPS):  # recorded only when set: the trained runs' configs stay as they were
+            self.config |= dict(segments=segments, eps=eps)
         self.max_len = max_len
         self.token = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(max_len, width)
-        self.ln_embed = nn.LayerNorm(width, eps=EPS)
-        self.blocks = nn.ModuleList(Block(width, heads, prenorm=False, eps=EPS) for _ in range(depth))
-        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=EPS))
+        self.segment = nn.Embedding(segments, width) if segments else None
+        self.ln_embed = nn.LayerNorm(width, eps=eps)
+        self.blocks = nn.ModuleList(Block(width, heads, prenorm=False, eps=eps) for _ in range(depth))
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=eps))
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))  # output weight = self.token.weight (tied)
         self.apply(_init)
 
-    def encode(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's final hidden vectors T_i (B, L, width) (Sec. 3, Fig. 1)."""
         if tokens.shape[-1] > self.max_len:
             raise LineageError(f"sequence of {tokens.shape[-1]} tokens is longer than max_len {self.max_len}")
-        h = self.ln_embed(self.token(tokens) + self.position.weight[: tokens.shape[-1]])
+        h = self.token(tokens) + self.position.weight[: tokens.shape[-1]]
+        if self.segment is not None:  # Fig. 2: token + segment + position embeddings
+            h = h + self.segment(torch.zeros_like(tokens) if segment_ids is None else segment_ids)
+        h = self.ln_embed(h)
         for block in self.blocks:
             h = block(h, key_padding_mask=key_padding_mask)  # causal=False: bidirectional
         return h
@@ -59,8 +70,9 @@ class BERT(nn.Module):
         """The MLM head on hidden vectors (..., width) -> logits (..., vocab_size)."""
         return self.head(hidden) @ self.token.weight.T + self.out_bias
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.predict(self.encode(tokens, key_padding_mask))
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(self.encode(tokens, key_padding_mask, segment_ids))
 # --8<-- [end:model]
 
 

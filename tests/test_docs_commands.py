@@ -4,7 +4,9 @@ Commands are the lines of ```bash blocks in docs/. They run in quick mode: `--pr
 becomes `--preset quick`. A train command (train, train-clip, ..., reflow, distill) whose quick-mode arguments equal those of one that
 already ran in this test session (on any page, in any xdist worker) but for --out starts from a
 copy of that run's finished checkpoint, so the command itself runs and resumes instead of training
-the same quick model again; everything else runs as is. The shared runs live in the session's
+the same quick model again; everything else runs as is, except that a `from-pretrained` command (released weights,
+which a page names by their Hugging Face name) runs offline against a tiny local stand-in of that model
+(tests/tiny_checkpoints.py). The shared runs live in the session's
 temporary directory, so nothing trained by older code is ever reused.
 
 The first run of a train command whose quick model the site build also trains for its figures (FIGURE_RUNS)
@@ -72,9 +74,19 @@ def shared_runs(tmp_path_factory) -> Path:
     return root / "docs-runs"
 
 
-def run(argv: list[str], cwd: Path, page: Path, command: str) -> None:
-    result = refimpl(*argv[3:], cwd=cwd, timeout=600)  # argv: python -m refimpl ...
+def run(argv: list[str], cwd: Path, page: Path, command: str, env: dict[str, str] | None = None) -> None:
+    result = refimpl(*argv[3:], cwd=cwd, env=env, timeout=600)  # argv: python -m refimpl ...
     assert result.returncode == 0, f"{page.name}: `{command}` failed:\n{result.stderr[-2000:]}"
+
+
+def tiny_hub(shared: Path) -> dict[str, str]:
+    """The environment of a `from-pretrained` command: an offline Hugging Face cache in which tiny random checkpoints
+    (tests/tiny_checkpoints.py, built here once per session) stand in for the released models that pages name."""
+    from tiny_checkpoints import PAGE_MODELS, hf_cache
+
+    with open(shared / "hf.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return {**os.environ, **hf_cache(shared / "hf", PAGE_MODELS)}
 
 
 #: the commands that train (train, train-clip, ...; reflow and distill train from a parent model) and write --out
@@ -199,8 +211,8 @@ def test_every_command_on_the_page_runs(page, tmp_path, shared_runs):
         assert argv[:3] == ["python", "-m", "refimpl"], f"{page.name}: not a refimpl command: {command}"
         if kind == "train":  # the shared-run logic applies to every trainer
             run_train(argv, same, tmp_path, page, command, shared_runs)
-        elif kind == "run":
-            run(argv, tmp_path, page, command)
+        elif kind == "run":  # a released model named on a page is a tiny local stand-in: nothing is downloaded
+            run(argv, tmp_path, page, command, tiny_hub(shared_runs) if argv[4:5] == ["from-pretrained"] else None)
             picture = option(argv, "--out")
             if argv[4:5] == ["sample"] and picture is not None:  # `gpt sample` prints text
                 assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG", command

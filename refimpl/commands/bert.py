@@ -9,7 +9,7 @@ from refimpl.core import LineageError, pick_device
 
 
 def add_commands(commands) -> None:
-    """``python -m refimpl bert train|fill``."""
+    """``python -m refimpl bert train|fill|from-pretrained``."""
     add_train_command(commands, _run_train, help="masked-LM pre-training on the notes; reruns resume")
 
     cmd = commands.add_parser("fill", help=f"predict each {PLACEHOLDER} in a text (top-k characters)")
@@ -18,6 +18,15 @@ def add_commands(commands) -> None:
     cmd.add_argument("--top-k", type=positive_int, default=5, help="candidates per placeholder (default 5)")
     add_common(cmd)
     cmd.set_defaults(run=_run_fill)
+
+    cmd = commands.add_parser("from-pretrained", help="fill [MASK] tokens with released BERT weights in this page's "
+                                                      "BERT (local directory or Hugging Face cache; never downloads)")
+    cmd.add_argument("name", metavar="PATH_OR_NAME", help="checkpoint directory, or a model name in the local "
+                                                          "Hugging Face cache (e.g. bert-base-uncased)")
+    cmd.add_argument("--text", required=True, help='text with [MASK] tokens, e.g. "Paris is the [MASK] of France."')
+    cmd.add_argument("--top-k", type=positive_int, default=5, help="candidates per mask (default 5)")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_from_pretrained)
 
 
 def _run_train(args) -> int:
@@ -41,5 +50,18 @@ def _run_fill(args) -> int:
     for i, cands in enumerate(candidates, 1):
         filled = filled.replace(PLACEHOLDER, cands[0][0], 1)
         print(f"{PLACEHOLDER} #{i}: " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in cands))
+    print(f"greedy: {filled}")
+    return 0
+
+
+def _run_from_pretrained(args) -> int:
+    from refimpl import pretrained
+
+    device = pick_device(args.device)
+    pre = pretrained.load("bert", args.name)
+    pre.model.to(device)
+    candidates, filled = pretrained.fill_masks(pre, args.text, k=args.top_k)
+    for i, cands in enumerate(candidates, 1):
+        print(f"{pre.tokenizer.mask_token} #{i}: " + "  ".join(f"{t!r} {p:.3f}" for t, p in cands))
     print(f"greedy: {filled}")
     return 0

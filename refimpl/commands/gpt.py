@@ -11,7 +11,7 @@ from refimpl.text import unigram_nll
 
 
 def add_commands(commands) -> None:
-    """``python -m refimpl gpt train|sample``."""
+    """``python -m refimpl gpt train|sample|from-pretrained``."""
     add_train_command(commands, _run_train, help="train a character-level GPT on the repository's notes; reruns resume")
 
     cmd = commands.add_parser("sample", help="continue a prompt with temperature / top-k sampling")
@@ -22,6 +22,18 @@ def add_commands(commands) -> None:
     cmd.add_argument("--top-k", type=positive_int, help="sample among the k most likely characters (default: all)")
     add_common(cmd)
     cmd.set_defaults(run=_run_sample)
+
+    cmd = commands.add_parser("from-pretrained", help="continue a prompt with released GPT-2 weights in this page's "
+                                                      "GPT (local directory or Hugging Face cache; never downloads)")
+    cmd.add_argument("name", metavar="PATH_OR_NAME", help="checkpoint directory, or a model name in the local "
+                                                          "Hugging Face cache (e.g. gpt2)")
+    cmd.add_argument("--prompt", required=True, help='the start of the text, e.g. "The diffusion model"')
+    cmd.add_argument("--tokens", type=positive_int, default=40, help="tokens to generate (default 40)")
+    cmd.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
+    cmd.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens (default: all; "
+                                                       "1: greedy)")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_from_pretrained)
 
 
 def train_on_notes(paper, args) -> int:
@@ -51,4 +63,15 @@ def _run_sample(args) -> int:
     ids = gpt.generate(model, prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
                        generator=torch.Generator().manual_seed(args.seed))
     print(tok.decode(ids))
+    return 0
+
+
+def _run_from_pretrained(args) -> int:
+    from refimpl import pretrained
+
+    device = pick_device(args.device)
+    pre = pretrained.load("gpt", args.name)
+    pre.model.to(device)
+    print(pretrained.generate_text(pre, args.prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                                   generator=torch.Generator().manual_seed(args.seed)))
     return 0

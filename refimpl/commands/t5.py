@@ -8,7 +8,7 @@ from refimpl.core import pick_device
 
 
 def add_commands(commands) -> None:
-    """``python -m refimpl t5 train|fill``."""
+    """``python -m refimpl t5 train|fill|from-pretrained``."""
     add_train_command(commands, _run_train,
                       help="pre-train a small T5 with span corruption on the notes; reruns resume")
 
@@ -18,6 +18,17 @@ def add_commands(commands) -> None:
     fill_cmd.add_argument("--max-new-tokens", type=positive_int, default=64, help="decoding limit (default 64)")
     add_common(fill_cmd)
     fill_cmd.set_defaults(run=_run_fill)
+
+    cmd = commands.add_parser("from-pretrained", help="text to text (translate, summarize, fill <> spans) with released "
+                                                      "T5 weights in this page's T5 (local directory or Hugging Face "
+                                                      "cache; never downloads)")
+    cmd.add_argument("name", metavar="PATH_OR_NAME", help="checkpoint directory, or a model name in the local "
+                                                          "Hugging Face cache (e.g. t5-small)")
+    cmd.add_argument("--text", required=True, help='the input, e.g. "translate English to German: The house is '
+                                                   'wonderful." or a text with <> spans to fill')
+    cmd.add_argument("--max-new-tokens", type=positive_int, default=64, help="decoding limit (default 64)")
+    add_common(cmd)
+    cmd.set_defaults(run=_run_from_pretrained)
 
 
 def _run_train(args) -> int:
@@ -36,4 +47,15 @@ def _run_fill(args) -> int:
     filled, generated = t5.fill(model.to(pick_device(args.device)), tokenizer, args.text,
                                 max_new_tokens=args.max_new_tokens)
     print(f"targets: {generated}\nfilled:  {filled}")
+    return 0
+
+
+def _run_from_pretrained(args) -> int:
+    from refimpl import pretrained
+
+    device = pick_device(args.device)
+    pre = pretrained.load("t5", args.name)
+    pre.model.to(device)
+    output, filled = pretrained.text_to_text(pre, args.text, max_new_tokens=args.max_new_tokens)
+    print(f"output: {output}" if filled is None else f"targets: {output}\nfilled:  {filled}")
     return 0
