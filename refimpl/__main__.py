@@ -34,6 +34,8 @@ PAPERS: dict[str, str] = {
     "bert": "refimpl.commands.bert",
     "t5": "refimpl.commands.t5",
     "llama": "refimpl.commands.llama",
+    "scaling": "refimpl.commands.scaling",
+    "moe": "refimpl.commands.moe",
     "rlhf": "refimpl.commands.rlhf",
     "dpo": "refimpl.commands.dpo",
 }

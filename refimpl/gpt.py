@@ -187,8 +187,8 @@ def check_notes(config: dict, data) -> None:
 def fit_notes(model: nn.Module, config: dict, context: int, out=None, *, model_name: str, device=None,
               resume: bool = True, progress: bool = True, data=None) -> list[tuple[int, float]]:
     """Train any causal language model on the notes: :func:`lm_loss` on ``config["batch_size"]`` random windows of
-    ``context + 1`` training characters per step, with refimpl.training.fit and the steps, lr, warmup and seed
-    that ``config`` records. Returns the loss history."""
+    ``context + 1`` training characters per step, with refimpl.training.fit and the steps, lr, warmup, seed and
+    learning-rate decay (``lr_decay``, constant when absent) that ``config`` records. Returns the loss history."""
     from refimpl.training import fit
 
     _, train_ids, _, _ = data or text_data()
@@ -199,7 +199,7 @@ def fit_notes(model: nn.Module, config: dict, context: int, out=None, *, model_n
 
     return fit(model, loss_fn, steps=config["steps"], lr=config["lr"], out=out, model_name=model_name, config=config,
                device=device, seed=config["seed"], batch_size=config["batch_size"], warmup=config["warmup"],
-               resume=resume, progress=progress)
+               lr_decay=config.get("lr_decay", "constant"), resume=resume, progress=progress)
 # --8<-- [end:train]
 
 

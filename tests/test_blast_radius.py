@@ -36,8 +36,10 @@ NEVER = {"refimpl/nonequilibrium.py": ("refimpl/iddpm.py",),
          "refimpl/ldm.py": ("refimpl/adm.py", "refimpl/glide.py")}
 #: where our implementation builds on more than the paper did: paper id -> papers it also builds on here.
 #: The LoRA paper adapted GPT-3; the LoRA page also adapts the site's LDM (as the Stable Diffusion community
-#: did), so the LDM and what it builds on are ancestors of our code, not of the paper.
-APPLIED = {"lora": {"ldm"}}
+#: did), so the LDM and what it builds on are ancestors of our code, not of the paper. The scaling-laws page trains
+#: its grid of small models with the LLaMA block (at that scale it learns far faster than GPT-2's, the LLaMA page's
+#: ablation), so LLaMA is an ancestor of refimpl.scaling, though both papers came before it.
+APPLIED = {"lora": {"ldm"}, "scaling-laws": {"llama"}, "chinchilla": {"llama"}}
 #: figures that draw one paper's model on another paper's page, on purpose: (module, figure) -> why
 CROSS_PAPER = {
     ("refimpl/controlnet.py", "lora_params"): "the LoRA page counts the trainable parameters of every "

@@ -123,6 +123,8 @@ FIGURE_RUNS = {
     "bert train": ("figures.zoo.bert", "bert_checkpoint", ()),
     "t5 train": ("figures.zoo.t5", "t5_checkpoint", ()),
     "llama train": ("figures.zoo.llama", "llama_checkpoint", ()),
+    "scaling train": ("figures.zoo.scaling", "scaling_grid", ()),
+    "moe train": ("figures.zoo.moe", "moe_checkpoint", ()),
 }
 
 

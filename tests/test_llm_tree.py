@@ -57,7 +57,8 @@ def test_data_obey_the_rules(models, raw, reg):
             assert m.registry == registry_arxiv[m.arxiv], m.id
     # every branch is represented, and the registry's LLM papers that are models are all here
     assert {m.branch for m in models.values()} == set(BRANCHES)
-    assert {m.registry for m in models.values() if m.registry} == {"bert", "gpt1", "gpt2", "t5", "gpt3", "instructgpt", "llama"}
+    assert {m.registry for m in models.values() if m.registry} == {"bert", "gpt1", "gpt2", "t5", "gpt3", "instructgpt",
+                                                                   "llama", "mixtral", "chinchilla"}
 
 
 def test_arxiv_month_rule(models):

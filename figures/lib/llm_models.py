@@ -130,7 +130,9 @@ def _check_registry(model: Model, where: str, registry: Mapping[str, Paper], by_
         if paper.arxiv != model.arxiv:
             raise ModelsError(f"{where}.arxiv: {model.arxiv!r} differs from registry entry "
                               f"{paper.id!r} ({paper.arxiv!r})")
-        if paper.date is not None and (paper.date.year, paper.date.month) != (model.year, model.month):
+        # a model released before its paper (``released``) is dated by that release, its registry entry by the paper
+        dated_by = (model.year, model.month) if model.released is None else None
+        if paper.date is not None and dated_by and (paper.date.year, paper.date.month) != dated_by:
             raise ModelsError(f"{where}.month: {model.year}-{model.month} differs from registry entry "
                               f"{paper.id!r} ({paper.date.isoformat()})")
     if model.arxiv in by_arxiv and model.registry != by_arxiv[model.arxiv]:
