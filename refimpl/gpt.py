@@ -203,13 +203,20 @@ def fit_notes(model: nn.Module, config: dict, context: int, out=None, *, model_n
 # --8<-- [end:train]
 
 
-def load(ckpt) -> tuple[GPT, CharTokenizer]:
-    """Rebuild a checkpoint's model (CPU, eval mode) and its tokenizer from the recorded config."""
+def load_notes_model(ckpt, cls, model_name: str) -> tuple[nn.Module, CharTokenizer, dict]:
+    """Rebuild a checkpoint of a character-level model trained on the notes (``cls(**config["model"])``, CPU, eval
+    mode, refused unless written as ``model_name``), its tokenizer and its recorded config."""
     from refimpl import checkpoint
 
     def build(data):
         CharTokenizer(data.config["chars"])  # a config without a vocabulary is a corrupt checkpoint too
-        return GPT(**data.config["model"])
+        return cls(**data.config["model"])
 
-    model, data = checkpoint.load_module(ckpt, expect_model="gpt", build=build)
-    return model, CharTokenizer(data.config["chars"])
+    model, data = checkpoint.load_module(ckpt, expect_model=model_name, build=build)
+    return model, CharTokenizer(data.config["chars"]), data.config
+
+
+def load(ckpt) -> tuple[GPT, CharTokenizer]:
+    """Rebuild a checkpoint's model (CPU, eval mode) and its tokenizer from the recorded config."""
+    model, tok, _ = load_notes_model(ckpt, GPT, "gpt")
+    return model, tok

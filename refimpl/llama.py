@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from refimpl.core import LineageError
-from refimpl.gpt import check_notes, fit_notes, text_data
+from refimpl.gpt import check_notes, fit_notes, load_notes_model, text_data
 from refimpl.text import CharTokenizer
 from refimpl.transformer import Block, TransformerStack, rotary_tables
 
@@ -166,11 +166,4 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
 
 def load(ckpt) -> tuple[Llama, CharTokenizer, dict]:
     """Rebuild a checkpoint's model (CPU, eval mode), its tokenizer and its recorded config."""
-    from refimpl import checkpoint
-
-    def build(data):
-        CharTokenizer(data.config["chars"])  # a config without a vocabulary is a corrupt checkpoint too
-        return Llama(**data.config["model"])
-
-    model, data = checkpoint.load_module(ckpt, expect_model="llama", build=build)
-    return model, CharTokenizer(data.config["chars"]), data.config
+    return load_notes_model(ckpt, Llama, "llama")

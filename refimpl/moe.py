@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl.core import LineageError
-from refimpl.gpt import check_notes, lm_loss, text_data
+from refimpl.gpt import check_notes, lm_loss, load_notes_model, text_data
 from refimpl.llama import Llama, swiglu_hidden
 from refimpl.text import CharTokenizer, windows
 from refimpl.transformer import SwiGLU
@@ -235,11 +235,4 @@ def train(config: dict, out=None, *, device=None, resume: bool = True, progress:
 
 def load(ckpt) -> tuple[MoELlama, CharTokenizer, dict]:
     """Rebuild a checkpoint's model (CPU, eval mode), its tokenizer and its recorded config."""
-    from refimpl import checkpoint
-
-    def build(data):
-        CharTokenizer(data.config["chars"])  # a config without a vocabulary is a corrupt checkpoint too
-        return MoELlama(**data.config["model"])
-
-    model, data = checkpoint.load_module(ckpt, expect_model="moe", build=build)
-    return model, CharTokenizer(data.config["chars"]), data.config
+    return load_notes_model(ckpt, MoELlama, "moe")

@@ -149,3 +149,24 @@ def with_defaults(args: list[str], **defaults: str) -> list[str]:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
     serve()
+
+
+def assert_generate_refuses(cli, run: str, tmp_path: Path, capsys) -> None:
+    """``generate`` of a character-level model trained on the notes (LLaMA, MoE; ``cli(*args) -> exit status``, a
+    trained checkpoint in ``run``) refuses in one line with exit 2: a prompt character outside the vocabulary, an
+    empty prompt, ``--tokens 0``, a missing checkpoint, and a GPT's checkpoint."""
+    from refimpl import gpt
+
+    other = tmp_path / "gpt"
+    data = gpt.text_data()
+    gpt.train(gpt.train_config("quick", steps=1, data=data), other, progress=False, data=data)
+    for extra, fragment in ((["--prompt", "扩散\U0001F600"], "not in the vocabulary"),
+                            (["--prompt", ""], "empty"),
+                            (["--tokens", "0"], "positive integer"),
+                            (["--ckpt", str(tmp_path / "missing")], str(tmp_path / "missing")),
+                            (["--ckpt", str(other)], "holds a 'gpt' model")):
+        base = {"--ckpt": run, "--prompt": "扩散"} | dict(zip(extra[::2], extra[1::2]))
+        assert cli("generate", *[item for pair in base.items() for item in pair]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("refimpl: error:") and fragment in err[0], (fragment, err)
+

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import transformers  # a test dependency: if it is missing these tests must fail, not skip
 
+from clitools import assert_generate_refuses
 from refimpl import gpt, moe
 from refimpl.cli import main as cli_main
 from refimpl.core import LineageError
@@ -296,18 +297,7 @@ def test_cli_trains_generates_and_refuses_bad_input(tmp_path, capsys):
     assert _cli("generate", "--ckpt", run, "--prompt", "扩散", "--tokens", "12", "--device", "cpu") == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("扩散") and "layer 2:" in captured.err
-    other = tmp_path / "gpt"
-    data = gpt.text_data()
-    gpt.train(gpt.train_config("quick", steps=1, data=data), other, progress=False, data=data)
-    for extra, fragment in ((["--prompt", "扩散\U0001F600"], "not in the vocabulary"),
-                            (["--prompt", ""], "empty"),
-                            (["--tokens", "0"], "positive integer"),
-                            (["--ckpt", str(tmp_path / "missing")], str(tmp_path / "missing")),
-                            (["--ckpt", str(other)], "holds a 'gpt' model")):
-        base = {"--ckpt": run, "--prompt": "扩散"} | dict(zip(extra[::2], extra[1::2]))
-        assert _cli("generate", *[item for pair in base.items() for item in pair]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("refimpl: error:") and fragment in err[0], (fragment, err)
+    assert_generate_refuses(_cli, run, tmp_path, capsys)
 
 
 def test_the_page_states_the_presets(repo_root):
