@@ -14,6 +14,10 @@ arXiv 2103.00020, at toy scale: 8x8 digits paired with English and Chinese capti
   an image is assigned the class whose embedding has the highest cosine similarity.
 
 The same model trained on noised images x_t with EncoderNet's time input is GLIDE's noised CLIP (refimpl.glide).
+
+OpenAI's released CLIP (ViT-B/32 and its siblings) is the same class with three options (refimpl.pretrained loads
+its weights): a :class:`ViT` image tower (``image={"kind": "vit", ...}``), a text tower with ``quick_gelu`` blocks
+pooled at the end-of-text token (``pool``), and projections without bias (``proj_bias=False``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from refimpl.checkpoint import load_module
 from refimpl.core import LineageError
 from refimpl.data import held_out_digits, training_digits
 from refimpl.text import CharTokenizer
-from refimpl.transformer import TransformerStack
+from refimpl.transformer import Block, TransformerStack
 
 
 # --8<-- [start:captions]
@@ -58,16 +62,29 @@ class CLIP(nn.Module):
     ``text``, pooled at the last non-padding token, then projected to ``dim``); logits (CLIP Fig. 3)
     ``exp(logit_scale) * f(x_i) . g(c_j)`` with both embeddings L2-normalised, ``exp(logit_scale)`` initialised to
     1 / 0.07 and clipped at 100 (Sec. 2.5). ``t`` is the image encoder's time input: 0 for CLIP's clean images,
-    the diffusion timestep of x_t for GLIDE's noised CLIP."""
+    the diffusion timestep of x_t for GLIDE's noised CLIP.
 
-    def __init__(self, image: dict, text: dict, dim: int):
+    Released CLIP: ``image={"kind": "vit", ...}`` is a :class:`ViT`; ``pool`` reads the text at the end-of-text
+    token instead: ``"argmax"`` at the highest token id (OpenAI's code: <|endoftext|> is the last id of the
+    vocabulary) or, an int, at the first occurrence of that id; the text is then not masked (causal attention
+    already hides what follows the end-of-text token). ``proj_bias=False``: the text projection has no bias."""
+
+    def __init__(self, image: dict, text: dict, dim: int, *, pool: str | int = "last", proj_bias: bool = True):
         super().__init__()
         from refimpl.nets import model_from_config
 
+        if not (pool in ("last", "argmax") or (isinstance(pool, int) and not isinstance(pool, bool))):
+            raise LineageError(f"unknown text pooling {pool!r} (choose from last, argmax, or a token id)")
         self.config = {"image": image, "text": text, "dim": dim}
-        self.image = model_from_config({**image, "out_dim": dim})
+        if (pool, proj_bias) != ("last", True):  # recorded only when set: the trained runs' configs stay as they were
+            self.config |= {"pool": pool, "proj_bias": proj_bias}
+        self.pool = pool
+        if image.get("kind") == "vit":
+            self.image = ViT(**{k: v for k, v in image.items() if k != "kind"}, out_dim=dim)
+        else:
+            self.image = model_from_config({**image, "out_dim": dim})
         self.text = TransformerStack(**text)
-        self.text_proj = nn.Linear(text["width"], dim)
+        self.text_proj = nn.Linear(text["width"], dim, bias=proj_bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def scale(self) -> torch.Tensor:
@@ -79,6 +96,10 @@ class CLIP(nn.Module):
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.logit_scale.device)
+        if self.pool != "last":  # released CLIP: read at the end-of-text token
+            h = self.text(tokens)
+            last = tokens.argmax(1) if self.pool == "argmax" else (tokens == self.pool).int().argmax(1)
+            return F.normalize(self.text_proj(h[torch.arange(tokens.shape[0]), last]), dim=-1)
         padding = tokens == 0
         h = self.text(tokens, key_padding_mask=padding)  # (B, L, width), final LayerNorm applied
         last = (~padding).sum(1) - 1  # right padding: the last real token has seen the whole caption
@@ -95,6 +116,45 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 # --8<-- [end:model]
+
+
+# --8<-- [start:vit]
+class ViT(nn.Module):
+    """CLIP's Vision Transformer image tower (Sec. 2.4; Dosovitskiy et al. 2020, arXiv 2010.11929): the image cut
+    into (image_size / patch)^2 patches, each linearly embedded (a strided convolution without bias), a learned
+    class token in front, learned position embeddings added; CLIP's one change to ViT's layers, a LayerNorm of these
+    embeddings before the Transformer (``ln_pre``); pre-LN :class:`refimpl.transformer.Block` s with
+    ``quick_gelu``; the class token's output, layer-normed (``ln_post``) and projected without bias to
+    ``out_dim``: (B, channels, image_size, image_size) -> (B, out_dim). It has no time input (clean images)."""
+
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, out_dim: int, *,
+                 channels: int = 3, mlp_hidden: int | None = None, activation: str = "quick_gelu", eps: float = 1e-5):
+        super().__init__()
+        if image_size % patch:
+            raise LineageError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+        self.image_size = image_size
+        self.patches = nn.Conv2d(channels, width, patch, stride=patch, bias=False)
+        self.cls = nn.Parameter(width ** -0.5 * torch.randn(width))
+        self.position = nn.Parameter(width ** -0.5 * torch.randn((image_size // patch) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width, eps=eps)
+        self.blocks = nn.ModuleList(Block(width, heads, activation=activation, eps=eps, mlp_hidden=mlp_hidden)
+                                    for _ in range(depth))
+        self.ln_post = nn.LayerNorm(width, eps=eps)
+        self.proj = nn.Linear(width, out_dim, bias=False)
+
+    def forward(self, images: torch.Tensor, t=0) -> torch.Tensor:
+        if not (isinstance(t, int) and t == 0):
+            raise LineageError("the ViT image tower has no time input: it reads clean images only")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise LineageError(f"images are {tuple(images.shape[-2:])}, the ViT reads "
+                               f"{self.image_size}x{self.image_size}")
+        h = self.patches(images).flatten(2).transpose(1, 2)  # (B, patches, width), row by row
+        h = torch.cat([self.cls.expand(h.shape[0], 1, -1), h], dim=1) + self.position
+        h = self.ln_pre(h)
+        for block in self.blocks:
+            h = block(h)
+        return self.proj(self.ln_post(h[:, 0]))
+# --8<-- [end:vit]
 
 
 # --8<-- [start:zero-shot]

@@ -22,11 +22,6 @@ from refimpl.text import CharTokenizer, corpus, windows
 from refimpl.transformer import TransformerStack
 
 
-#: ``activation`` -> nn.GELU's ``approximate``: the exact GELU x Phi(x), or the tanh approximation that GPT-2's
-#: released code and weights use (transformers' "gelu_new")
-GELUS = {"gelu": "none", "gelu_tanh": "tanh"}
-
-
 # --8<-- [start:model]
 class GPT(nn.Module):
     """Causal Transformer language model: ``(B, L)`` int64 tokens -> ``(B, L, vocab_size)`` next-token logits.
@@ -37,19 +32,12 @@ class GPT(nn.Module):
     def __init__(self, vocab_size: int, max_len: int, width: int = 96, depth: int = 3, heads: int = 4, *,
                  activation: str = "gelu", eps: float = 1e-5):
         super().__init__()
-        if activation not in GELUS:
-            raise LineageError(f"unknown activation {activation!r} (choose from {', '.join(GELUS)})")
         self.config = dict(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth, heads=heads)
         if (activation, eps) != ("gelu", 1e-5):  # recorded only when set: the trained runs' configs stay as they were
             self.config |= dict(activation=activation, eps=eps)
         self.max_len = max_len
-        self.body = TransformerStack(vocab_size, max_len, width, depth, heads, causal=True)
-        # the stack's blocks come with the exact GELU and eps 1e-5: set this model's choices on them
-        for block in self.body.blocks:
-            block.mlp[1].approximate = GELUS[activation]
-        for norm in self.body.modules():
-            if isinstance(norm, nn.LayerNorm):
-                norm.eps = eps
+        self.body = TransformerStack(vocab_size, max_len, width, depth, heads, causal=True, activation=activation,
+                                     eps=eps)
         # wte ~ N(0, 0.02) as in GPT-2's code: nn.Embedding's N(0, 1) would make the tied logits huge at init
         nn.init.normal_(self.body.token.weight, std=0.02)
 

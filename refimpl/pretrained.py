@@ -1,5 +1,6 @@
-"""Released weights in the from-scratch models: GPT-2, BERT and T5 checkpoints in transformers' layout, converted
-into :class:`refimpl.gpt.GPT`, :class:`refimpl.bert.BERT` and :class:`refimpl.t5.T5`.
+"""Released weights in the from-scratch models: GPT-2, BERT, T5 and CLIP checkpoints in transformers' layout,
+converted into :class:`refimpl.gpt.GPT`, :class:`refimpl.bert.BERT`, :class:`refimpl.t5.T5` and
+:class:`refimpl.clip.CLIP`.
 
 A checkpoint is a directory with ``config.json`` and ``model.safetensors`` (or a sharded
 ``model.safetensors.index.json``), as ``save_pretrained`` writes it and the Hugging Face hub serves it: a local
@@ -17,6 +18,10 @@ our model, never a copy of it:
 - T5: nothing: t5-small is the model of our page (RMSNorm eps 1e-6, relative position buckets, unscaled
   attention, ReLU MLP, logits tied to the embedding and scaled by width^-1/2); the bias tables are stored in
   block 0 of each stack.
+- CLIP (OpenAI's ViT-B/32 and its siblings): ``CLIP(image={"kind": "vit", ...}, pool=..., proj_bias=False)``: a
+  :class:`refimpl.clip.ViT` image tower, a text tower of ``quick_gelu`` blocks read at the end-of-text token, and
+  projections without bias. Images are prepared as ``CLIPImageProcessor`` prepares them (:func:`clip_pixels`, with
+  the checkpoint's ``preprocessor_config.json``).
 
 Every tensor is checked: one missing, one of the wrong shape, or one left over (another architecture: T5 v1.1's
 gated MLP, an untied output layer) is refused with one line naming it.
@@ -25,6 +30,7 @@ gated MLP, an untied output layer) is refused with one line naming it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,7 @@ from torch import nn
 from refimpl.core import LineageError
 
 #: refimpl paper command -> transformers ``model_type`` of the checkpoints it converts
-MODEL_TYPES = {"gpt": "gpt2", "bert": "bert", "t5": "t5"}
+MODEL_TYPES = {"gpt": "gpt2", "bert": "bert", "t5": "t5", "clip": "clip"}
 
 #: the values transformers assumes for keys that a config.json leaves out (its config classes' defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -51,7 +57,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
            "num_heads": 8, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
            "layer_norm_epsilon": 1e-6, "feed_forward_proj": "relu", "tie_word_embeddings": True,
            "scale_decoder_outputs": True, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": None},
+    "clip": {"projection_dim": 512, "logit_scale_init_value": 2.6592, "text_config": None, "vision_config": None,
+             "text_config_dict": None, "vision_config_dict": None},
 }
+#: the same for the two towers of a CLIP checkpoint (CLIPTextConfig, CLIPVisionConfig)
+CLIP_TEXT_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                      "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                      "layer_norm_eps": 1e-5, "eos_token_id": 49407}
+CLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                        "num_channels": 3, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu",
+                        "layer_norm_eps": 1e-5}
 
 
 @dataclass
@@ -326,13 +341,100 @@ def t5(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path):
     return _load_state(model, state)
 
 
-CONVERTERS = {"gpt2": gpt2, "bert": bert, "t5": t5}
+# --- CLIP -------------------------------------------------------------------------------------------------------
+
+#: transformers' ``hidden_act`` -> our Block's activation (OpenAI's CLIP: quick_gelu; some later CLIPs: exact GELU)
+CLIP_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def clip_towers(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The text and vision configs of a CLIP config.json, with CLIPTextConfig's / CLIPVisionConfig's defaults; a
+    ``*_config_dict`` (old checkpoints) overrides ``*_config``, as in transformers."""
+    towers = []
+    for name, defaults in (("text", CLIP_TEXT_DEFAULTS), ("vision", CLIP_VISION_DEFAULTS)):
+        parts = [config[f"{name}_config"] or {}, config[f"{name}_config_dict"] or {}]
+        if not all(isinstance(p, dict) for p in parts):
+            raise TypeError(f"{name}_config is not a JSON object")
+        towers.append({**defaults, **parts[0], **parts[1]})
+    return towers[0], towers[1]
+
+
+def clip(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path):
+    """CLIP (``CLIPModel`` weights: openai/clip-vit-base-patch32, ...) -> :class:`refimpl.clip.CLIP` with a
+    :class:`refimpl.clip.ViT` image tower. The text is read where transformers reads it: at the highest token id
+    when the config's text ``eos_token_id`` is 2 (the value of the original configs, which predate the field:
+    OpenAI's rule, <|endoftext|> is the last id), else at the first ``eos_token_id``."""
+    from refimpl.clip import CLIP
+
+    t, v = clip_towers(config)
+    tw, vw, dim = t["hidden_size"], v["hidden_size"], config["projection_dim"]
+    for name, tower in (("text", t), ("vision", v)):
+        _require(tower["hidden_act"] in CLIP_ACTIVATIONS, path, f"{name} activation {tower['hidden_act']!r} is not "
+                 f"supported (choose from {', '.join(CLIP_ACTIVATIONS)})")
+        _require(tower["hidden_size"] % tower["num_attention_heads"] == 0, path,
+                 f"{name} hidden_size is not divisible by num_attention_heads")
+    size, patch = v["image_size"], v["patch_size"]
+    _require(isinstance(size, int) and isinstance(patch, int) and size % patch == 0, path,
+             f"image_size {size} is not a multiple of patch_size {patch} (square images and patches only)")
+    image = {"kind": "vit", "image_size": size, "patch": patch, "width": vw, "depth": v["num_hidden_layers"],
+             "heads": v["num_attention_heads"], "channels": v["num_channels"], "mlp_hidden": v["intermediate_size"],
+             "activation": CLIP_ACTIVATIONS[v["hidden_act"]], "eps": v["layer_norm_eps"]}
+    text = {"vocab_size": t["vocab_size"], "max_len": t["max_position_embeddings"], "width": tw,
+            "depth": t["num_hidden_layers"], "heads": t["num_attention_heads"], "causal": True,
+            "activation": CLIP_ACTIVATIONS[t["hidden_act"]], "eps": t["layer_norm_eps"],
+            "mlp_hidden": t["intermediate_size"]}
+    eos = t["eos_token_id"]
+    _require(isinstance(eos, int), path, f"text eos_token_id {eos!r} is not one token id")
+    model = CLIP(image, text, dim, pool="argmax" if eos == 2 else eos, proj_bias=False)
+    src = _Source(tensors, path)
+
+    def blocks(theirs: str, ours: str, depth: int, w: int, hidden: int) -> dict[str, torch.Tensor]:
+        state = {}
+        for i in range(depth):
+            a, b = f"{theirs}.encoder.layers.{i}.", f"{ours}.blocks.{i}."
+            for o, p in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("out", "out_proj")):
+                state |= {f"{b}attn.{o}.weight": src(f"{a}self_attn.{p}.weight", w, w),
+                          f"{b}attn.{o}.bias": src(f"{a}self_attn.{p}.bias", w)}
+            for o, p in (("ln1", "layer_norm1"), ("ln2", "layer_norm2")):  # pre-LN: before attention, before MLP
+                state |= {f"{b}{o}.{q}": src(f"{a}{p}.{q}", w) for q in ("weight", "bias")}
+            state |= {f"{b}mlp.0.weight": src(f"{a}mlp.fc1.weight", hidden, w),
+                      f"{b}mlp.0.bias": src(f"{a}mlp.fc1.bias", hidden),
+                      f"{b}mlp.2.weight": src(f"{a}mlp.fc2.weight", w, hidden),
+                      f"{b}mlp.2.bias": src(f"{a}mlp.fc2.bias", w)}
+        return state
+
+    def norm(theirs: str, ours: str, w: int) -> dict[str, torch.Tensor]:
+        return {f"{ours}.{q}": src(f"{theirs}.{q}", w) for q in ("weight", "bias")}
+
+    te, ve = "text_model.embeddings.", "vision_model.embeddings."
+    state = {"text.token.weight": src(te + "token_embedding.weight", t["vocab_size"], tw),
+             "text.position": src(te + "position_embedding.weight", t["max_position_embeddings"], tw),
+             **blocks("text_model", "text", t["num_hidden_layers"], tw, t["intermediate_size"]),
+             **norm("text_model.final_layer_norm", "text.ln_final", tw),
+             "text_proj.weight": src("text_projection.weight", dim, tw),
+             "image.patches.weight": src(ve + "patch_embedding.weight", vw, v["num_channels"], patch, patch),
+             "image.cls": src(ve + "class_embedding", vw),
+             "image.position": src(ve + "position_embedding.weight", (size // patch) ** 2 + 1, vw),
+             **norm("vision_model.pre_layrnorm", "image.ln_pre", vw),  # (sic: transformers' name)
+             **blocks("vision_model", "image", v["num_hidden_layers"], vw, v["intermediate_size"]),
+             **norm("vision_model.post_layernorm", "image.ln_post", vw),
+             "image.proj.weight": src("visual_projection.weight", dim, vw),
+             "logit_scale": src("logit_scale")}
+    # our CLIP clips the scale at 100 (Sec. 2.5), transformers does not: a larger one would give other logits
+    scale = float(state["logit_scale"])
+    _require(scale <= math.log(100.0) + 1e-6, path,
+             f"logit_scale exp({scale:.4f}) exceeds CLIP's cap of 100, which this model applies")
+    src.finish(lambda k: k in (te + "position_ids", ve + "position_ids"))  # index buffers of old checkpoints
+    return _load_state(model, state)
+
+
+CONVERTERS = {"gpt2": gpt2, "bert": bert, "t5": t5, "clip": clip}
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
 def load_model(paper: str, name: str) -> tuple[nn.Module, dict[str, Any], Path]:
-    """Our model of ``paper`` ("gpt", "bert", "t5") with the weights of checkpoint ``name`` (a directory or a
+    """Our model of ``paper`` ("gpt", "bert", "t5", "clip") with the weights of checkpoint ``name`` (a directory or a
     cached model name): ``(model, config, directory)``; no tokenizer, no transformers import."""
     model_type = MODEL_TYPES[paper]
     path = locate(name)
@@ -442,3 +544,98 @@ def text_to_text(pre: Pretrained, text: str, max_new_tokens: int = 64) -> tuple[
     filled = pieces[0] + "".join(tok.decode(spans.get(i, []), skip_special_tokens=True).strip() + piece
                                  for i, piece in enumerate(pieces[1:]))
     return output, filled
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's per-channel mean and std of its training images
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EXAMPLES = ("flower.jpg", "china.jpg")  # the photos bundled with scikit-learn (sklearn.datasets.load_sample_image)
+
+
+def image_settings(path: Path, image_size: int) -> dict[str, Any]:
+    """How the checkpoint at ``path`` prepares an image (its ``preprocessor_config.json``, read as
+    CLIPImageProcessor reads it; absent: CLIP's own settings for ``image_size``): the shortest side resized to
+    ``size`` with PIL filter ``resample`` (3: bicubic), a centred ``crop`` x ``crop`` square, values times
+    ``rescale`` (1/255), then (x - mean) / std per channel. Refused: a crop other than the model's input size,
+    or switched-off steps."""
+    file = path / "preprocessor_config.json"
+    raw: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise LineageError(f"{file} is not readable JSON ({err})") from None
+    size, crop = raw.get("size", {"shortest_edge": image_size}), raw.get("crop_size", image_size)
+    size = size.get("shortest_edge") if isinstance(size, dict) else size  # old files: a bare int
+    crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    settings = {"size": size, "crop": crop[0], "resample": raw.get("resample", 3),
+                "rescale": raw.get("rescale_factor", 1 / 255), "mean": raw.get("image_mean", CLIP_MEAN),
+                "std": raw.get("image_std", CLIP_STD)}
+    _require(crop == (image_size, image_size) and isinstance(size, int) and size >= image_size, file,
+             f"size {size} / crop_size {crop} do not make the model's {image_size}x{image_size} input")
+    _require(all(raw.get(f"do_{step}", True) for step in ("resize", "center_crop", "rescale", "normalize")), file,
+             "a preprocessing step is switched off; only CLIP's resize, crop, rescale and normalise are supported")
+    _require(settings["resample"] in range(6), file, f"unknown resample filter {settings['resample']!r}")
+    return settings
+
+
+def open_image(name: str):
+    """An image file as PIL opens it, turned upright by its EXIF orientation (as transformers' load_image does), or
+    ``sklearn:flower.jpg`` / ``sklearn:china.jpg``, the two photos bundled with scikit-learn."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if name.startswith("sklearn:"):
+        if name[8:] not in EXAMPLES:
+            raise LineageError(f"scikit-learn bundles {' and '.join('sklearn:' + e for e in EXAMPLES)}, not {name}")
+        import sklearn.datasets
+
+        name = str(Path(sklearn.datasets.__file__).parent / "images" / name[8:])
+    try:
+        with Image.open(name) as image:
+            return ImageOps.exif_transpose(image)  # a copy: the file is closed after this
+    except FileNotFoundError:
+        raise LineageError(f"image {name} not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise LineageError(f"{name} is not an image PIL can read ({str(err).splitlines()[0]})") from None
+
+
+def clip_pixels(image, settings: dict[str, Any]) -> torch.Tensor:
+    """(3, crop, crop) float32 input of CLIP's image tower, made as CLIPImageProcessor (PIL backend) makes it:
+    RGB (transparent pixels composited on white), shortest side resized to ``size`` (the longer side to
+    int(size * long / short)) by PIL, centred crop (offsets rounded down), times ``rescale`` in float64 and
+    rounded to float32, then (x - mean) / std in float32 (:func:`image_settings`)."""
+    import numpy as np
+    from PIL import Image
+
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("RGB")
+    w, h, size, crop = image.width, image.height, settings["size"], settings["crop"]
+    short, long = min(w, h), max(w, h)
+    w, h = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+    image = image.resize((w, h), resample=settings["resample"])
+    top, left = (h - crop) // 2, (w - crop) // 2
+    x = torch.from_numpy(np.asarray(image)[top:top + crop, left:left + crop].copy()).permute(2, 0, 1)
+    x = (x.double() * settings["rescale"]).float()
+    mean, std = (torch.tensor(settings[k], dtype=torch.float32)[:, None, None] for k in ("mean", "std"))
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def zero_shot_labels(pre: Pretrained, image, labels: list[str]) -> list[tuple[str, float]]:
+    """CLIP zero-shot classification (Sec. 3.1.2) of a PIL ``image`` among ``labels`` (sentences such as "a photo of
+    a cat"): softmax over the labels of exp(logit_scale) cos(f(image), g(label)). Each label is tokenized by the
+    checkpoint's tokenizer (start and end-of-text tokens added) and padded with the end-of-text token. Returns
+    (label, probability) in the order given."""
+    model, tok = pre.model, pre.tokenizer
+    if not labels or any(not label.strip() for label in labels):
+        raise LineageError("--labels needs one or more non-empty labels, separated by commas")
+    rows = [tok(label)["input_ids"] for label in labels]
+    longest = max(map(len, rows))
+    if longest > model.text.max_len:
+        raise LineageError(f"a label has {longest} tokens; the text tower reads at most {model.text.max_len}")
+    ids = torch.tensor([row + [tok.eos_token_id] * (longest - len(row)) for row in rows])
+    device = model.logit_scale.device
+    pixels = clip_pixels(image, image_settings(pre.path, model.image.image_size))[None].to(device)
+    probs = model(pixels, ids.to(device))[0].float().softmax(-1).cpu()
+    return list(zip(labels, probs.tolist()))

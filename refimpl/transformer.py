@@ -15,6 +15,9 @@ switch                GPT-2 / GLIDE / CLIP   BERT (= the 2017 paper)   T5
 activation            GELU                   GELU (paper: ReLU)        ReLU
 ====================  =====================  ========================  ============================
 
+OpenAI's released CLIP towers (:mod:`refimpl.pretrained`) are GPT-2 blocks with ``activation="quick_gelu"``
+(:class:`QuickGELU`, the sigmoid approximation of GELU that OpenAI's CLIP code uses).
+
 The modern decoder (LLaMA, :mod:`refimpl.llama`) is three more switches on the same block, each defaulting to the
 2017 choice: ``activation="swiglu"`` (SwiGLU, Shazeer 2020, arXiv 2002.05202: W2 (SiLU(x W1) * x W3), hidden width
 ``mlp_hidden``), ``kv_heads`` (grouped-query attention, Ainslie et al. 2023, arXiv 2305.13245: ``kv_heads`` key/value
@@ -35,6 +38,7 @@ convolutional feature map (the spatial Transformer of latent diffusion, LDM Eq. 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -141,7 +145,18 @@ def make_norm(kind: str, width: int, eps: float) -> nn.Module:
     raise LineageError(f"unknown norm {kind!r} (choose from layer, rms)")
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU (Hendrycks & Gimpel 2016, Sec. 2), the MLP
+    activation of OpenAI's CLIP (transformers' "quick_gelu")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+#: the MLP activations of :class:`Block` (besides "swiglu"); "gelu_tanh" is the tanh approximation of GELU that
+#: GPT-2's released code and weights use (transformers' "gelu_new")
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"), "relu": nn.ReLU,
+               "quick_gelu": QuickGELU}
 
 
 class SwiGLU(nn.Module):
@@ -203,18 +218,24 @@ class Block(nn.Module):
 class TransformerStack(nn.Module):
     """Token embedding + learned position embedding (or none: ``positions=False``), ``depth`` pre-LN
     :class:`Block` s (GPT-2 order), a final LayerNorm: ``(B, L)`` int64 tokens -> ``(B, L, width)`` features.
-    ``causal`` is fixed at construction (an encoder sees both sides, a GPT-style decoder only the left)."""
+    ``causal`` is fixed at construction (an encoder sees both sides, a GPT-style decoder only the left).
+    ``activation``, ``eps`` (every LayerNorm's epsilon) and ``mlp_hidden`` go to the blocks (released CLIP's
+    text tower: ``activation="quick_gelu"``)."""
 
     def __init__(self, vocab_size: int, max_len: int, width: int = 64, depth: int = 2, heads: int = 4,
-                 causal: bool = False, positions: bool = True):
+                 causal: bool = False, positions: bool = True, *, activation: str = "gelu", eps: float = 1e-5,
+                 mlp_hidden: int | None = None):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth, heads=heads,
                            causal=causal, positions=positions)
+        if (activation, eps, mlp_hidden) != ("gelu", 1e-5, None):  # recorded only when set (released CLIP's tower)
+            self.config |= dict(activation=activation, eps=eps, mlp_hidden=mlp_hidden)
         self.max_len, self.causal = max_len, causal
         self.token = nn.Embedding(vocab_size, width)
         self.position = nn.Parameter(0.02 * torch.randn(max_len, width)) if positions else None
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.ln_final = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(Block(width, heads, activation=activation, eps=eps, mlp_hidden=mlp_hidden)
+                                    for _ in range(depth))
+        self.ln_final = nn.LayerNorm(width, eps=eps)
 
     def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if tokens.shape[-1] > self.max_len:

@@ -1,4 +1,4 @@
-"""refimpl.pretrained: transformers checkpoints of GPT-2, BERT and T5 in the from-scratch models.
+"""refimpl.pretrained: transformers checkpoints of GPT-2, BERT, T5 and CLIP in the from-scratch models.
 
 Tiny random checkpoints (tests/tiny_checkpoints.py: built and saved here, tokenizers built in code, nothing from the
 hub) go through the same loading code as released weights: our model gives transformers' logits, the commands print
@@ -13,9 +13,18 @@ stages; the norms rescale in between, so the errors add rather than multiply: 5 
 |logit|. Measured: ~5e-7 of it. A conversion mistake is far larger: the exact GELU instead of GPT-2's tanh
 approximation, the smallest one here, moves the logits by ~3e-4 of their scale (checked below to exceed 3x the
 tolerance).
+
+CLIP: the towers' outputs are L2-normalised, so the same REL_TOL bounds each embedding's error relative to its norm,
+1 (the longest reordered sum is again 96 terms, the vision MLP's second layer; the patch convolution, LayerNorms and
+embeddings are the same torch calls on the same numbers, exact). A logit is s cos(f, g) with s = 30, and
+|cos(f', g') - cos(f, g)| <= |f' - f| + |g' - g| <= 2 sqrt(12) REL_TOL (12 components each within REL_TOL), so the
+logits get s * 2 sqrt(12) REL_TOL = 6.2e-3; measured: ~1e-7 on the embeddings, ~4e-6 on the logits. The images are
+prepared exactly: CLIPImageProcessor's PIL backend and ours make the same PIL resize and the same float32
+operations, so the pixels are compared bit for bit.
 """
 
 import json
+import math
 import os
 import shutil
 
@@ -25,12 +34,14 @@ import transformers  # a test dependency: if it is missing these tests must fail
 from clitools import assert_refused, refimpl
 from safetensors.torch import load_file, save_file
 from tiny_checkpoints import bert as tiny_bert
+from tiny_checkpoints import clip as tiny_clip
 from tiny_checkpoints import gpt2 as tiny_gpt2
 from tiny_checkpoints import hf_cache
 from tiny_checkpoints import t5 as tiny_t5
 
 from refimpl import pretrained
 from refimpl.bert import BERT
+from refimpl.clip import CLIP
 from refimpl.core import LineageError
 from refimpl.gpt import GPT
 
@@ -43,7 +54,7 @@ def tiny(tmp_path_factory):
     """name -> (checkpoint directory, transformers model) of the three tiny checkpoints."""
     root = tmp_path_factory.mktemp("tiny")
     return {name: (root / name, build(root / name)) for name, build in
-            (("gpt2", tiny_gpt2), ("bert", tiny_bert), ("t5", tiny_t5))}
+            (("gpt2", tiny_gpt2), ("bert", tiny_bert), ("t5", tiny_t5), ("clip", tiny_clip))}
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -99,6 +110,88 @@ def test_t5_logits_match_transformers_beyond_the_last_bucket(tiny):
         _close(ours(x, y, pad), hf(input_ids=x, attention_mask=(~pad).long(), decoder_input_ids=y).logits)
 
 
+def _pil_processor(path=None):
+    """transformers' CLIP image processor with the PIL backend (the checkpoint's settings, or CLIP's defaults)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil.from_pretrained(path) if path else CLIPImageProcessorPil()
+
+
+def _clip_inputs(path, labels):
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    enc = tok(labels, padding=True, return_tensors="pt")  # padded with <|endoftext|>, CLIP's pad token
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    return enc, pixels
+
+
+def test_clip_embeddings_and_logits_match_transformers_and_need_quick_gelu(tiny):
+    path, hf = tiny["clip"]
+    ours, _, _ = pretrained.load_model("clip", str(path))
+    assert isinstance(ours, CLIP) and ours.pool == "argmax" and ours.config["text"]["eps"] == 1e-3
+    enc, pixels = _clip_inputs(path, ["a photo of a cat", "the dog sat on the mat .", "pagoda", "a photo of a flower"])
+    tol = 2 * 12 ** 0.5 * REL_TOL * math.exp(hf.logit_scale.item())  # see the module docstring
+    with torch.no_grad():
+        theirs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
+        f, g = ours.image_features(pixels), ours.text_features(enc["input_ids"])
+        assert float((f - theirs.image_embeds).abs().max()) < REL_TOL
+        assert float((g - theirs.text_embeds).abs().max()) < REL_TOL
+        assert float((ours(pixels, enc["input_ids"]) - theirs.logits_per_image).abs().max()) < tol
+        exact = CLIP({**ours.config["image"], "activation": "gelu"}, {**ours.config["text"], "activation": "gelu"}, 12,
+                     pool="argmax", proj_bias=False)  # same weights, the exact GELU in both towers
+        exact.load_state_dict(ours.state_dict())
+        assert float((exact.eval()(pixels, enc["input_ids"]) - theirs.logits_per_image).abs().max()) > 3 * tol
+    assert float(theirs.logits_per_image.abs().max()) > 1  # logits of order 1, not near-zero
+
+
+def test_clip_reads_the_text_where_transformers_does(tiny, tmp_path):
+    """eos_token_id 2 (the released configs): at the highest id; another eos_token_id: at its first occurrence.
+    Token rows chosen so that the two rules disagree (the highest id is not the end-of-text token)."""
+    path = _copy(tiny["clip"][0], tmp_path)
+    ids = torch.tensor([[7, 40, 5, 9, 5, 3], [600, 5, 2, 5, 1, 0]])  # 5 plays the end-of-text token
+    embeds = {}
+    for eos in (2, 5):
+        _edit_config(path, text_config={**json.loads((path / "config.json").read_text())["text_config"],
+                                        "eos_token_id": eos})
+        ours, _, _ = pretrained.load_model("clip", str(path))
+        hf = transformers.CLIPModel.from_pretrained(path).eval()
+        with torch.no_grad():
+            embeds[eos] = hf.get_text_features(input_ids=ids).pooler_output
+            assert float((ours.text_features(ids) - embeds[eos] / embeds[eos].norm(dim=-1, keepdim=True))
+                         .abs().max()) < REL_TOL
+    assert float((embeds[2] - embeds[5]).abs().max()) > 1e-2
+
+
+def _test_images():
+    """A random RGB photo-sized image, a portrait with an alpha channel, a small grayscale one (upscaled)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(6)
+    rgb = (torch.rand(257, 300, 3, generator=g) * 255).byte().numpy()
+    rgba = (torch.rand(80, 50, 4, generator=g) * 255).byte().numpy()
+    gray = (torch.rand(21, 33, generator=g) * 255).byte().numpy()
+    return [Image.fromarray(rgb), Image.fromarray(rgba, "RGBA"), Image.fromarray(gray, "L")]
+
+
+def test_clip_pixels_equal_clip_image_processor_bit_for_bit(tiny, tmp_path):
+    """The checkpoint's settings (shortest side 40, crop 32, its own mean and std), the same written in the old
+    format (bare ints), and CLIP's defaults (224) when there is no preprocessor_config.json."""
+    path = tiny["clip"][0]
+    old = tmp_path / "old"
+    old.mkdir()
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    (old / "preprocessor_config.json").write_text(json.dumps({**config, "size": 40, "crop_size": 32}))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for where, processor, size in ((path, _pil_processor(path), 32), (old, _pil_processor(old), 32),
+                                   (bare, _pil_processor(), 224)):
+        settings = pretrained.image_settings(where, size)
+        for image in _test_images():
+            theirs = processor(image, return_tensors="pt")["pixel_values"][0]
+            assert torch.equal(pretrained.clip_pixels(image, settings), theirs)
+    with pytest.raises(LineageError, match="do not make the model's 48x48 input"):
+        pretrained.image_settings(path, 48)
+
+
 # --- the commands, end to end ----------------------------------------------------------------------------------
 
 def test_gpt_command_generates_what_transformers_generates_from_the_cache(tiny, tmp_path):
@@ -145,6 +238,46 @@ def test_t5_command_decodes_what_transformers_decodes_and_fills_spans(tiny, tmp_
     result = refimpl("t5", "from-pretrained", str(path), "--text", text, "--max-new-tokens", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"output: {tok.decode(expected.tolist(), skip_special_tokens=False).strip()}"
+
+
+def test_clip_command_prints_transformers_zero_shot_probabilities(tiny, tmp_path):
+    """A PNG written here, three labels: the command prints their probabilities, most probable first, equal to the
+    softmax of transformers' logits_per_image (printed to 4 decimals: 5e-5, plus the logits' tolerance, which moves
+    a probability by at most tol / 2)."""
+    path, hf = tiny["clip"]
+    image = _test_images()[0]
+    image.save(tmp_path / "photo.png")
+    labels = ["a photo of a cat", "a photo of a dog", "a photo of a flower"]
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    enc = tok(labels, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = hf(**enc, pixel_values=_pil_processor(path)(image, return_tensors="pt")["pixel_values"]
+                   ).logits_per_image[0].softmax(-1)
+    result = refimpl("clip", "from-pretrained", str(path), "--image", "photo.png", "--labels", ",".join(labels),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = [line.split("  ", 1) for line in result.stdout.strip().splitlines()]
+    assert [label for _, label in printed] == [labels[i] for i in probs.argsort(descending=True)]
+    tol = 5e-5 + 12 ** 0.5 * REL_TOL * math.exp(hf.logit_scale.item())
+    for p, label in printed:
+        assert abs(float(p) - float(probs[labels.index(label)])) < tol
+    assert float(probs.max() - probs.min()) > 0.05  # the labels are told apart
+
+
+def test_clip_command_reads_scikit_learns_photos_and_refuses_bad_input(tiny, tmp_path):
+    path = str(tiny["clip"][0])
+    flower = pretrained.open_image("sklearn:flower.jpg")
+    assert flower.size == (640, 427) and flower.mode == "RGB"
+    result = refimpl("clip", "from-pretrained", path, "--labels", "a flower,a pagoda", cwd=tmp_path)  # the default
+    assert result.returncode == 0 and len(result.stdout.strip().splitlines()) == 2, result.stderr
+    (tmp_path / "notes.txt").write_text("not an image")
+    for args, fragment in ((["--image", "missing.png"], "image missing.png not found"),
+                           (["--image", "notes.txt"], "is not an image PIL can read"),
+                           (["--image", "sklearn:cat.jpg"], "scikit-learn bundles"),
+                           (["--labels", "a cat,,a dog"], "non-empty labels"),
+                           (["--labels", " ".join(["cat"] * 30)], "the text tower reads at most 20")):
+        argv = ["--labels", "a cat,a dog", *args] if args[0] == "--image" else args
+        assert_refused(refimpl("clip", "from-pretrained", path, *argv, cwd=tmp_path), fragment)
 
 
 class _Scripted(torch.nn.Module):
@@ -199,6 +332,11 @@ def _edit_config(path, **changes) -> None:
     (path / "config.json").write_text(json.dumps({**config, **changes}))
 
 
+def _edit_vision(path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    _edit_config(path, vision_config={**config["vision_config"], **changes})
+
+
 @pytest.mark.parametrize("paper,base,change,message", [
     ("gpt", "gpt2", lambda p: _edit_tensors(p, lambda t: t.pop("transformer.h.1.mlp.c_fc.bias")),
      "tensor h.1.mlp.c_fc.bias is missing"),
@@ -217,6 +355,17 @@ def _edit_config(path, **changes) -> None:
     ("t5", "t5", lambda p: _edit_config(p, feed_forward_proj="gated-gelu"), "not T5 v1.1 or Flan-T5"),
     ("t5", "t5", lambda p: (p / "config.json").unlink(), "has no config.json"),
     ("t5", "t5", lambda p: (p / "model.safetensors").rename(p / "pytorch_model.bin"), "only pickled weights"),
+    ("clip", "clip", lambda p: _edit_tensors(p, lambda t: t.pop("vision_model.post_layernorm.bias")),
+     "tensor vision_model.post_layernorm.bias is missing"),
+    ("clip", "clip", lambda p: _edit_tensors(p, lambda t: t.update({"visual_projection.bias": torch.zeros(12)})),
+     "unexpected tensor visual_projection.bias"),
+    ("clip", "clip", lambda p: _edit_vision(p, patch_size=16),
+     "tensor vision_model.embeddings.patch_embedding.weight has shape (24, 3, 8, 8), config.json implies "
+     "(24, 3, 16, 16)"),
+    ("clip", "clip", lambda p: _edit_vision(p, hidden_act="relu"), "vision activation 'relu' is not supported"),
+    ("clip", "clip", lambda p: _edit_tensors(p, lambda t: t.update({"logit_scale": torch.tensor(5.0)})),
+     "exceeds CLIP's cap of 100"),
+    ("clip", "t5", lambda p: None, "holds a 't5' checkpoint, not 'clip'"),
 ])
 def test_wrong_checkpoints_are_refused(tiny, tmp_path, paper, base, change, message):
     path = _copy(tiny[base][0], tmp_path)
@@ -231,6 +380,14 @@ def test_a_truncated_checkpoint_is_refused_by_the_command(tiny, tmp_path):
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert_refused(refimpl("gpt", "from-pretrained", str(path), "--prompt", "the", cwd=tmp_path),
+                   "model.safetensors is truncated or corrupt")
+
+
+def test_a_truncated_clip_checkpoint_is_refused_by_the_command(tiny, tmp_path):
+    path = _copy(tiny["clip"][0], tmp_path)
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    assert_refused(refimpl("clip", "from-pretrained", str(path), "--labels", "a cat,a dog", cwd=tmp_path),
                    "model.safetensors is truncated or corrupt")
 
 

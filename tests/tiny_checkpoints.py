@@ -1,10 +1,11 @@
-"""Tiny random transformers checkpoints (GPT-2, BERT, T5), built and saved locally: the stand-ins for released weights
-in tests/test_pretrained.py and for the page commands that name a released model (tests/test_docs_commands.py).
+"""Tiny random transformers checkpoints (GPT-2, BERT, T5, CLIP), built and saved locally: the stand-ins for released
+weights in tests/test_pretrained.py and for the page commands that name a released model (tests/test_docs_commands.py).
 
-Each has a small word-level tokenizer built in code (nothing comes from the hub) and config values that differ from
-the defaults where refimpl has a matching option (LayerNorm epsilon, sizes, positions, segments, buckets), so
-that a conversion that ignored one would not pass by accident. All weights, LayerNorm scales and biases included,
-are drawn from N(0, 0.4^2): a LayerNorm weight mapped onto a bias (or a bias dropped) changes the output.
+Each has a small tokenizer built in code (word-level; CLIP's a byte-level BPE; nothing comes from the hub) and config
+values that differ from the defaults where refimpl has a matching option (LayerNorm epsilon, sizes, positions,
+segments, buckets), so that a conversion that ignored one would not pass by accident. All weights, LayerNorm scales
+and biases included, are drawn from N(0, 0.4^2): a LayerNorm weight mapped onto a bias (or a bias dropped) changes the
+output.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ WORDS = ("the a of is are in to and . , : ? model models diffusion language pari
          "wonderful translate english german dog cat walks park sat on mat noise image text").split()
 
 #: the page commands' model names -> tiny checkpoint builder name (tests/test_docs_commands.py)
-PAGE_MODELS = {"openai-community/gpt2": "gpt2", "google-bert/bert-base-uncased": "bert", "google-t5/t5-small": "t5"}
+PAGE_MODELS = {"openai-community/gpt2": "gpt2", "google-bert/bert-base-uncased": "bert", "google-t5/t5-small": "t5",
+               "openai/clip-vit-base-patch32": "clip"}
 
 
 def _word_level(specials: list[str], added: list[str] = ()):
@@ -96,7 +98,60 @@ def t5(path: Path, seed: int = 0):
     return model
 
 
-BUILDERS = {"gpt2": gpt2, "bert": bert, "t5": t5}
+def clip_bpe(words: tuple[str, ...] = (*WORDS, "photo", "flower", "pagoda", "temple")
+             ) -> tuple[dict[str, int], list[str]]:
+    """A tiny byte-level BPE vocabulary in CLIP's layout: the 256 byte symbols, the same with the end-of-word mark
+    </w>, one merge chain per word (left to right: "p h", "ph o", ..., "phot o</w>", so each word becomes one token),
+    then <|startoftext|> and <|endoftext|> as the two highest ids. Any text tokenizes (unknown words into
+    pieces), and the end-of-text token is the highest id, as OpenAI's CLIP assumes."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens, merges = [*alphabet, *(c + "</w>" for c in alphabet)], []
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(pieces[0])
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges
+
+
+def clip(path: Path, seed: int = 0):
+    """CLIPModel: a ViT image tower (32x32 images, 8x8 patches, width 24, 3 heads, MLP 96, 2 layers), a text tower
+    (width 16, 2 heads, MLP 40 = 2.5x, 2 layers, 20 positions), quick_gelu, LayerNorm eps 1e-3, projections to 12,
+    logit scale 30 (not 1 / 0.07); the text eos_token_id is 2, as in OpenAI's released configs (read at the highest
+    id). Its tokenizer is a CLIPTokenizer on a tiny BPE vocabulary (:func:`clip_bpe`, written as vocab.json and
+    merges.txt); its image processor resizes the shortest side to 40 and crops 32, with its own mean and std."""
+    import json
+    import math
+
+    import transformers
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vocab, merges = clip_bpe()
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=20, hidden_act="quick_gelu", layer_norm_eps=1e-3, bos_token_id=len(vocab) - 2,
+                eos_token_id=2, pad_token_id=1)
+    vision = dict(hidden_size=24, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3, image_size=32,
+                  patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-3)
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)
+    model = _randomize(transformers.CLIPModel(config), seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(30.0))
+    model.save_pretrained(path)
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    transformers.CLIPTokenizer.from_pretrained(str(path)).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                          image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(path)
+    return model
+
+
+BUILDERS = {"gpt2": gpt2, "bert": bert, "t5": t5, "clip": clip}
 
 
 def hf_cache(home: Path, models: dict[str, str]) -> dict[str, str]:
