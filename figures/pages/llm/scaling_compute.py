@@ -39,6 +39,7 @@ def make(out: Path, preset: str) -> None:
     ax.plot(c, law.loss(n_opt, d_opt), color="black", lw=1.8, label="拟合律的计算最优前沿")
     ax.axhline(res["unigram"], color="gray", ls=":", lw=1.2, label="一元（unigram）基线")
     ax.set_xscale("log")
+    ax.tick_params(which="both", labelsize=11)  # 11 pt: mathtext draws the powers of ten's exponents at 70%
     ax.set_xlabel("训练算力 C = 6ND（FLOPs；N 按总参数计）")
     ax.set_ylabel("留出集交叉熵（nats/字符）")
     ax.legend(loc="upper right", fontsize=8.5)

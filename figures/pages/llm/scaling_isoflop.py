@@ -62,6 +62,8 @@ def make(out: Path, preset: str) -> None:
         right.plot(c, anchor * (c / mid) ** slope, color="gray", ls=style, lw=1.1, label=label)
     right.set_xscale("log")
     right.set_yscale("log")
+    for ax in (left, right):  # 11 pt: mathtext draws the powers of ten's exponents at 70%
+        ax.tick_params(which="both", labelsize=11)
     right.set_xlabel("训练算力 C（FLOPs）")
     right.set_ylabel("计算最优的 N 与 D")
     right.set_title("计算最优分配", fontsize=9.5)
