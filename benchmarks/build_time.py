@@ -5,6 +5,8 @@ Printed, never asserted. Usage:
     python benchmarks/build_time.py [--preset quick|full] [--cache DIR] [--write-costs] [--top N]
     python benchmarks/build_time.py --report CACHE   # only the CPU tables of the last build into CACHE
 
+0. a fixed reference workload (:data:`REFERENCE`), before and after the builds: how fast the machine is at this
+   hour (on shared cores the same tree's build times vary with it);
 1. cold: ``mkdocs build --strict`` on an empty figure cache (trains every model, runs every script);
 2. warm: the same build again, nothing changed; the hook's figure step (finding every script's key and
    its cache entry) is timed on its own, and the rest of the build is what a build whose figures are all
@@ -37,6 +39,34 @@ sys.path.insert(0, str(ROOT))
 
 from figures.builder import Timings  # noqa: E402
 
+#: a fixed single-thread torch workload (the shapes of the site's models: an MLP and a small convolution, forward,
+#: backward and Adam): the same work at every hour, so that builds timed at different hours can be compared. This
+#: machine (2 shared cores) ran it 1.4-1.6x slower in some hours than in others, and every model with it.
+REFERENCE = """
+import time, torch
+from torch import nn
+torch.manual_seed(0)
+mlp = nn.Sequential(nn.Linear(34, 128), nn.SiLU(), nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 2))
+conv = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.SiLU(), nn.Conv2d(32, 32, 3, padding=1))
+opt = torch.optim.Adam([*mlp.parameters(), *conv.parameters()])
+x, z = torch.randn(256, 34), torch.randn(64, 32, 8, 8)
+start = time.process_time()
+for _ in range(300):
+    loss = mlp(x).pow(2).mean() + conv(z).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print(time.process_time() - start)
+"""
+
+
+def reference_seconds() -> float:
+    """CPU seconds of :data:`REFERENCE` in a fresh one-thread process (lower: a faster machine at this hour)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", REFERENCE], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 _FIGURE_STEP = re.compile(r"figures: (\d+) script\(s\), (\d+) built, (\d+) cached, ([\d.]+)s")
 
 
@@ -64,6 +94,7 @@ def main() -> None:
     if args.report:
         report(Timings.load(Path(args.report) / "no-root", Path(args.report)), args.top)
         return
+    reference_before = reference_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache).resolve() if args.cache else Path(tmp) / "cache"
         if cache.exists():
@@ -78,7 +109,10 @@ def main() -> None:
             (ROOT / "figures" / "costs.json").write_text(json.dumps(
                 {"scripts": timings.scripts, "artifacts": timings.artifacts}, indent=1, sort_keys=True) + "\n")
 
+    reference_after = reference_seconds()
     print(f"machine: {os.cpu_count()} cores; preset {args.preset}")
+    print(f"reference workload (the same work at every hour): {reference_before:.2f} CPU s before the builds, "
+          f"{reference_after:.2f} after")
     print(f"cold build (empty cache, trains models):        {cold:8.1f} s")
     print(f"figures rebuilt, models and samples cached:      {figures_only:8.1f} s")
     print(f"warm build (nothing changed, all cached):        {warm:8.1f} s")
